@@ -1,0 +1,123 @@
+//! The one interface both devices implement: the trainer, the tests and the benches see only
+//! this, so every GPU kernel has a CPU twin that answers the same calls.
+//!
+//! Matrices are row-major f32 (`rows × cols`); vectors are f32. GPU implementations may run
+//! asynchronously: operations are queued in order, and only downloads (and [`Backend::dot`],
+//! [`Backend::cg_solve`]'s report, [`Backend::synchronize`]) wait for the device.
+
+use crate::error::{Error, Result};
+use crate::solve::{CgParams, CgReport};
+
+/// A device that can build a Fisher matrix and solve with it.
+pub trait Backend {
+    /// A dense matrix resident on the device.
+    type Matrix;
+    /// A vector resident on the device.
+    type Vector;
+
+    /// What the device is, in one line (the adapter, or the CPU and its threads).
+    fn describe(&self) -> String;
+    /// `"gpu"` or `"cpu"`.
+    fn kind(&self) -> &'static str;
+
+    /// Copies `data` (`rows × cols`, row-major) to the device; `what` names it in errors.
+    /// Rejects empty shapes, a length that does not match, and non-finite values.
+    fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Matrix>;
+    /// Copies `data` to the device; rejects non-finite values.
+    fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<Self::Vector>;
+    /// A `rows × cols` matrix of zeros.
+    fn zeros_matrix(&self, what: &'static str, rows: usize, cols: usize) -> Result<Self::Matrix>;
+    /// A vector of `len` zeros.
+    fn zeros_vector(&self, what: &'static str, len: usize) -> Result<Self::Vector>;
+    /// The matrix back on the host, row-major without padding.
+    fn download_matrix(&self, m: &Self::Matrix) -> Result<Vec<f32>>;
+    /// The vector back on the host.
+    fn download_vector(&self, v: &Self::Vector) -> Result<Vec<f32>>;
+    /// `(rows, cols)`.
+    fn shape(&self, m: &Self::Matrix) -> (usize, usize);
+    /// Number of elements.
+    fn len(&self, v: &Self::Vector) -> usize;
+
+    /// `F ← (accumulate ? F : 0) + scale · GᵀG` for `G: m×p` and `F: p×p`; F comes out exactly
+    /// symmetric. Calling it once per chunk of G's rows with `scale = 1/m_total` builds the
+    /// Fisher of G chunk by chunk.
+    fn fisher_accumulate(&self, f: &mut Self::Matrix, g: &Self::Matrix, scale: f32, accumulate: bool) -> Result<()>;
+
+    /// `F = (1/m) GᵀG` for `G: m×p`.
+    fn fisher(&self, g: &Self::Matrix) -> Result<Self::Matrix> {
+        let (m, p) = self.shape(g);
+        let mut f = self.zeros_matrix("Fisher matrix F", p, p)?;
+        self.fisher_accumulate(&mut f, g, 1.0 / m as f32, false)?;
+        Ok(f)
+    }
+
+    /// `y = (A + λI) x` for a square (symmetric) `A`.
+    fn matvec(&self, a: &Self::Matrix, damping: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
+    /// `xᵀy`, on the host.
+    fn dot(&self, x: &Self::Vector, y: &Self::Vector) -> Result<f32>;
+    /// `y ← y + α x`.
+    fn axpy(&self, alpha: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
+    /// `y ← x + β y`.
+    fn xpby(&self, x: &Self::Vector, beta: f32, y: &mut Self::Vector) -> Result<()>;
+
+    /// Solves `(A + λI) d = g` by conjugate gradient, starting from the `d` passed in (zeros for
+    /// a cold start, the previous direction for a warm one) and leaving the solution there.
+    fn cg_solve(
+        &self,
+        a: &Self::Matrix,
+        damping: f32,
+        g: &Self::Vector,
+        d: &mut Self::Vector,
+        params: &CgParams,
+    ) -> Result<CgReport>;
+
+    /// Waits until all queued work has finished (for timing).
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// Checks a host buffer against its stated shape before upload.
+pub fn check_upload(what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::Empty(what));
+    }
+    if rows.checked_mul(cols) != Some(data.len()) {
+        return Err(Error::Shape(format!("{what}: {} values for a {rows}×{cols} matrix", data.len())));
+    }
+    crate::error::check_finite(what, cols, data)
+}
+
+/// Checks the operand shapes of `fisher_accumulate`.
+pub fn check_fisher(f: (usize, usize), g: (usize, usize)) -> Result<()> {
+    if g.0 == 0 || g.1 == 0 {
+        return Err(Error::Empty("score matrix G"));
+    }
+    if f != (g.1, g.1) {
+        return Err(Error::Shape(format!(
+            "Fisher F is {}×{} but G has {} columns (F must be {}×{})",
+            f.0, f.1, g.1, g.1, g.1
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `y = A x` shapes: A square, x and y of its size.
+pub fn check_matvec(a: (usize, usize), x: usize, y: usize) -> Result<()> {
+    if a.0 != a.1 {
+        return Err(Error::Shape(format!("matrix is {}×{}, not square", a.0, a.1)));
+    }
+    if x != a.1 || y != a.0 {
+        return Err(Error::Shape(format!(
+            "matrix is {}×{} but the vectors have {x} and {y} elements",
+            a.0, a.1
+        )));
+    }
+    Ok(())
+}
+
+/// Checks two vectors have one length.
+pub fn check_same_len(x: usize, y: usize) -> Result<()> {
+    if x != y {
+        return Err(Error::Shape(format!("vectors of {x} and {y} elements")));
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Conjugate gradient on the CPU: the twin of `shaders/cg.wgsl`, the same iteration, stopping
+//! rule and breakdown test, with dot products accumulated in f64.
+
+use super::linalg::{axpy, dot, matvec, xpby};
+use crate::solve::{BREAKDOWN_RATIO, CgOutcome, CgParams, CgReport};
+
+/// Solves `(A + λI) d = g` for A `n×n` row-major, starting from `d` and leaving the solution there.
+pub fn solve(a: &[f32], damping: f32, g: &[f32], d: &mut [f32], params: &CgParams) -> CgReport {
+    let n = g.len();
+    let mut q = vec![0.0f32; n];
+    matvec(a, damping, d, &mut q);
+    let mut r: Vec<f32> = g.iter().zip(&q).map(|(gi, qi)| gi - qi).collect();
+    let mut s = r.clone();
+    let gg = dot(g, g);
+    let mut rr = dot(&r, &r);
+    let tol2 = (params.rel_tol as f64).powi(2);
+    // the largest Rayleigh quotient seen: A's scale for the breakdown test
+    let mut mu = 0.0f64;
+    let mut iterations = 0;
+    let outcome = loop {
+        if gg == 0.0 || rr <= tol2 * gg {
+            break CgOutcome::Converged;
+        }
+        if iterations >= params.max_iters {
+            break CgOutcome::MaxIterations;
+        }
+        matvec(a, damping, &s, &mut q);
+        let sq = dot(&s, &q);
+        let rayleigh = sq / dot(&s, &s);
+        if !(rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)) {
+            break CgOutcome::Breakdown;
+        }
+        mu = mu.max(rayleigh);
+        let alpha = (rr / sq) as f32;
+        axpy(alpha, &s, d);
+        axpy(-alpha, &q, &mut r);
+        let rr_new = dot(&r, &r);
+        xpby(&r, (rr_new / rr) as f32, &mut s);
+        rr = rr_new;
+        iterations += 1;
+    };
+    let rel_residual = if gg == 0.0 {
+        d.fill(0.0);
+        0.0
+    } else {
+        matvec(a, damping, d, &mut q);
+        let true_rr: f64 = g.iter().zip(&q).map(|(gi, qi)| ((gi - qi) as f64).powi(2)).sum();
+        (true_rr / gg).sqrt() as f32
+    };
+    CgReport { iterations, rel_residual, outcome }
+}

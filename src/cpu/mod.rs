@@ -1,0 +1,146 @@
+//! The CPU backend: the fast path where there is no GPU (and the twin every GPU kernel is tested
+//! against), plus f64 references in [`reference`].
+
+pub mod cg;
+pub mod fisher;
+pub mod linalg;
+pub mod reference;
+
+use crate::backend::{self, Backend};
+use crate::error::{Error, Result};
+use crate::solve::{CgParams, CgReport};
+
+/// A dense row-major matrix in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+/// The CPU device: rayon's thread pool and the widest SIMD the processor has.
+#[derive(Clone, Debug, Default)]
+pub struct Cpu;
+
+impl Cpu {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// The vector instruction set the CPU kernels will use here.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "AVX2";
+        }
+    }
+    "baseline SIMD"
+}
+
+impl Backend for Cpu {
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+
+    fn describe(&self) -> String {
+        format!("CPU ({} threads, {})", rayon::current_num_threads(), simd_level())
+    }
+
+    fn kind(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<CpuMatrix> {
+        backend::check_upload(what, rows, cols, data)?;
+        Ok(CpuMatrix { rows, cols, data: data.to_vec() })
+    }
+
+    fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<Vec<f32>> {
+        if data.is_empty() {
+            return Err(Error::Empty(what));
+        }
+        crate::error::check_finite(what, 1, data)?;
+        Ok(data.to_vec())
+    }
+
+    fn zeros_matrix(&self, what: &'static str, rows: usize, cols: usize) -> Result<CpuMatrix> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty(what));
+        }
+        let len = rows.checked_mul(cols).ok_or_else(|| Error::Shape(format!("{what}: {rows}×{cols} overflows")))?;
+        Ok(CpuMatrix { rows, cols, data: vec![0.0; len] })
+    }
+
+    fn zeros_vector(&self, what: &'static str, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Err(Error::Empty(what));
+        }
+        Ok(vec![0.0; len])
+    }
+
+    fn download_matrix(&self, m: &CpuMatrix) -> Result<Vec<f32>> {
+        Ok(m.data.clone())
+    }
+
+    fn download_vector(&self, v: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(v.clone())
+    }
+
+    fn shape(&self, m: &CpuMatrix) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    fn len(&self, v: &Vec<f32>) -> usize {
+        v.len()
+    }
+
+    fn fisher_accumulate(&self, f: &mut CpuMatrix, g: &CpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
+        backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
+        fisher::syrk(&g.data, g.rows, g.cols, scale, accumulate, &mut f.data);
+        Ok(())
+    }
+
+    fn matvec(&self, a: &CpuMatrix, damping: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_matvec((a.rows, a.cols), x.len(), y.len())?;
+        linalg::matvec(&a.data, damping, x, y);
+        Ok(())
+    }
+
+    fn dot(&self, x: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
+        backend::check_same_len(x.len(), y.len())?;
+        Ok(linalg::dot(x, y) as f32)
+    }
+
+    fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(x.len(), y.len())?;
+        linalg::axpy(alpha, x, y);
+        Ok(())
+    }
+
+    fn xpby(&self, x: &Vec<f32>, beta: f32, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(x.len(), y.len())?;
+        linalg::xpby(x, beta, y);
+        Ok(())
+    }
+
+    fn cg_solve(
+        &self,
+        a: &CpuMatrix,
+        damping: f32,
+        g: &Vec<f32>,
+        d: &mut Vec<f32>,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        params.validate(damping)?;
+        backend::check_matvec((a.rows, a.cols), g.len(), d.len())?;
+        Ok(cg::solve(&a.data, damping, g, d, params))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

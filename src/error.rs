@@ -1,0 +1,69 @@
+//! The library's error type: every failure a user can cause or meet, as one line of text.
+
+use std::time::Duration;
+
+/// Everything natgrad can report instead of a result.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No GPU adapter matched the request.
+    #[error("no GPU adapter found{0}")]
+    NoAdapter(String),
+
+    /// The adapter refused to create a device.
+    #[error("could not open a device on adapter {adapter:?}: {reason}")]
+    RequestDevice { adapter: String, reason: String },
+
+    /// Two operands' shapes do not fit together.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+
+    /// An operand with no elements where at least one is needed.
+    #[error("{0} is empty")]
+    Empty(&'static str),
+
+    /// A NaN or infinity in input data.
+    #[error("{what} holds a non-finite value ({value}) at row {row}, column {col}")]
+    NonFinite { what: &'static str, row: usize, col: usize, value: f32 },
+
+    /// A buffer larger than the device allows.
+    #[error(
+        "{buffer} needs {bytes} bytes ({shape}), above this device's {limit_name} of {limit} bytes"
+    )]
+    TooLarge { buffer: &'static str, shape: String, bytes: u64, limit_name: &'static str, limit: u64 },
+
+    /// The device ran out of memory allocating a buffer.
+    #[error("out of GPU memory allocating {buffer} ({bytes} bytes)")]
+    OutOfMemory { buffer: &'static str, bytes: u64 },
+
+    /// The GPU did not finish in time: a hung or very slow device.
+    #[error("GPU work did not finish within {0:?}; the device may be hung or far too slow for this size")]
+    Timeout(Duration),
+
+    /// The device was lost (driver reset, GPU removed, out of memory in the driver).
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+
+    /// A wgpu validation or internal error: a bug in natgrad, reported rather than panicked.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    /// A value outside its allowed range (a parameter, a flag).
+    #[error("invalid {name}: {reason}")]
+    InvalidArgument { name: &'static str, reason: String },
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks that every value is finite; `what` names the data in the error.
+pub fn check_finite(what: &'static str, cols: usize, data: &[f32]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            what,
+            row: i / cols.max(1),
+            col: i % cols.max(1),
+            value: data[i],
+        }),
+    }
+}

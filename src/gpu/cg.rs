@@ -1,0 +1,212 @@
+//! The GPU conjugate-gradient solve: `shaders/cg.wgsl` around linalg's matvec.
+//!
+//! Iterations are recorded ahead, up to [`ITERATIONS_PER_SUBMISSION`] per submission; the GPU
+//! decides when to stop and sets later iterations' dispatch sizes to zero, so a solve of up to
+//! that many iterations is one submission and one read-back of its report.
+
+use super::buffer::{GpuMatrix, GpuVector};
+use super::context::GpuContext;
+use super::kernel;
+use super::linalg::{self, LinalgKernels};
+use super::shader::Variant;
+use crate::error::{Error, Result};
+use crate::solve::{CgOutcome, CgParams, CgReport};
+
+/// Iterations recorded per submission. Past it, the solve reads its 32-byte state back to decide
+/// whether to record more: one small read per this many iterations, and a bounded amount of
+/// recorded work left idle after convergence.
+pub const ITERATIONS_PER_SUBMISSION: usize = 256;
+
+const RUNNING: u32 = 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n4: u32,
+    tol2: f32,
+    max_iters: u32,
+    vec_groups: u32,
+}
+
+/// The solver state as the shader lays it out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct State {
+    rr: f32,
+    gg: f32,
+    mu: f32,
+    rel_residual: f32,
+    iters: u32,
+    status: u32,
+    pad: [u32; 2],
+}
+
+const STATE_BYTES: u64 = size_of::<State>() as u64;
+const ARGS_BYTES: u64 = 6 * 4;
+
+pub struct CgKernels {
+    layout: wgpu::BindGroupLayout,
+    init: wgpu::ComputePipeline,
+    init_state: wgpu::ComputePipeline,
+    update: wgpu::ComputePipeline,
+    direction: wgpu::ComputePipeline,
+    final_residual: wgpu::ComputePipeline,
+    final_state: wgpu::ComputePipeline,
+}
+
+/// The bindings of `cg.wgsl`, in order: (read-only, is uniform).
+const BINDINGS: [(bool, bool); 10] = [
+    (true, true),   // params
+    (true, false),  // g
+    (false, false), // d
+    (false, false), // r
+    (false, false), // s
+    (true, false),  // q
+    (false, false), // partial
+    (true, false),  // state_in
+    (false, false), // state_out
+    (false, false), // next_args
+];
+
+impl CgKernels {
+    pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
+        let module = kernel::compile(ctx, "cg", variant)?;
+        // One explicit layout for every entry point, so one bind group per parity serves them all.
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
+            .iter()
+            .enumerate()
+            .map(|(i, &(read_only, uniform))| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: if uniform {
+                        wgpu::BufferBindingType::Uniform
+                    } else {
+                        wgpu::BufferBindingType::Storage { read_only }
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("cg"), entries: &entries });
+        let pipeline_layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("cg"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let p = |entry| kernel::pipeline(ctx, &module, entry, Some(&pipeline_layout));
+        Ok(Self {
+            init: p("cg_init")?,
+            init_state: p("cg_init_state")?,
+            update: p("cg_update")?,
+            direction: p("cg_direction")?,
+            final_residual: p("cg_final_residual")?,
+            final_state: p("cg_final_state")?,
+            layout,
+        })
+    }
+
+    /// Solves `(A + λI) d = g` from the `d` given (shapes and parameters already checked).
+    pub fn solve(
+        &self,
+        ctx: &GpuContext,
+        linalg: &LinalgKernels,
+        a: &GpuMatrix,
+        damping: f32,
+        g: &GpuVector,
+        d: &GpuVector,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        let n4 = g.n4();
+        let vec_groups = linalg::vector_groups(n4)?;
+        let vector = |what| ctx.storage_buffer(what, "CG work vector", n4 as u64 * 16, wgpu::BufferUsages::empty());
+        let (r, s, q) = (vector("CG residual r")?, vector("CG direction s")?, vector("CG product q")?);
+        let partial_bytes = LinalgKernels::matvec_partials_bytes(n4) + 2 * vec_groups as u64 * 4;
+        let partial = ctx.storage_buffer("CG partial sums", "scratch", partial_bytes, wgpu::BufferUsages::empty())?;
+        let small = |what, bytes, usage| ctx.storage_buffer(what, "CG state", bytes, usage);
+        let states = [small("CG state 0", STATE_BYTES, wgpu::BufferUsages::empty())?, small("CG state 1", STATE_BYTES, wgpu::BufferUsages::empty())?];
+        let args = [
+            small("CG dispatch sizes 0", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
+            small("CG dispatch sizes 1", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
+        ];
+        let cg_params = ctx.uniform(
+            "cg params",
+            &Params { n4, tol2: params.rel_tol * params.rel_tol, max_iters: params.max_iters as u32, vec_groups },
+        );
+        let mv_params = ctx.uniform("cg matvec params", &linalg::Params { n4, ld4: a.ld4(), alpha: damping, partials: 0 });
+        let mv_s = linalg.matvec_group(ctx, &mv_params, a, &s, &q, &partial);
+        let mv_d = linalg.matvec_group(ctx, &mv_params, a, &d.buffer, &q, &partial);
+        // parity k: iteration k reads states[k], writes states[k ^ 1] and the next sizes args[k ^ 1]
+        let groups = [0usize, 1].map(|k| {
+            kernel::bind(
+                ctx,
+                &self.layout,
+                "cg",
+                &[&cg_params, &g.buffer, &d.buffer, &r, &s, &q, &partial, &states[k], &states[k ^ 1], &args[k ^ 1]],
+            )
+        });
+        let (mv_x, mv_y) = kernel::grid(n4);
+
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&linalg.matvec);
+            pass.set_bind_group(0, &mv_d, &[]);
+            pass.dispatch_workgroups(mv_x, mv_y, 1);
+            // the odd group writes states[0] and args[0], which iteration 0 reads
+            pass.set_bind_group(0, &groups[1], &[]);
+            pass.set_pipeline(&self.init);
+            pass.dispatch_workgroups(vec_groups, 1, 1);
+            pass.set_pipeline(&self.init_state);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        let mut k = 0;
+        loop {
+            let block = ITERATIONS_PER_SUBMISSION.min(params.max_iters - k);
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for i in k..k + block {
+                    let parity = i % 2;
+                    pass.set_pipeline(&linalg.matvec);
+                    pass.set_bind_group(0, &mv_s, &[]);
+                    pass.dispatch_workgroups_indirect(&args[parity], 0);
+                    pass.set_bind_group(0, &groups[parity], &[]);
+                    pass.set_pipeline(&self.update);
+                    pass.dispatch_workgroups_indirect(&args[parity], 12);
+                    pass.set_pipeline(&self.direction);
+                    pass.dispatch_workgroups(vec_groups, 1, 1);
+                }
+            }
+            k += block;
+            if k >= params.max_iters {
+                break;
+            }
+            let staging = ctx.copy_to_staging(&mut encoder, &states[k % 2], 0, STATE_BYTES);
+            let index = ctx.queue.submit([encoder.finish()]);
+            let state = ctx.map_staging::<State>(&staging, index)?[0];
+            encoder = ctx.device.create_command_encoder(&Default::default());
+            if state.status != RUNNING {
+                break;
+            }
+        }
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&linalg.matvec);
+            pass.set_bind_group(0, &mv_d, &[]);
+            pass.dispatch_workgroups(mv_x, mv_y, 1);
+            pass.set_bind_group(0, &groups[k % 2], &[]);
+            pass.set_pipeline(&self.final_residual);
+            pass.dispatch_workgroups(vec_groups, 1, 1);
+            pass.set_pipeline(&self.final_state);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        let staging = ctx.copy_to_staging(&mut encoder, &states[(k + 1) % 2], 0, STATE_BYTES);
+        let index = ctx.queue.submit([encoder.finish()]);
+        let state = ctx.map_staging::<State>(&staging, index)?[0];
+        let outcome = CgOutcome::from_code(state.status)
+            .ok_or_else(|| Error::Gpu(format!("CG ended in state {} (not a final state)", state.status)))?;
+        Ok(CgReport { iterations: state.iters as usize, rel_residual: state.rel_residual, outcome })
+    }
+}

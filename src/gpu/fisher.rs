@@ -1,0 +1,96 @@
+//! The GPU Fisher build (`shaders/fisher.wgsl`): `F ← (accumulate ? F : 0) + scale · GᵀG`.
+
+use super::buffer::GpuMatrix;
+use super::context::GpuContext;
+use super::kernel::{self, MAX_GROUPS};
+use super::shader::Variant;
+use crate::error::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    p: u32,
+    ldg4: u32,
+    ldf4: u32,
+    scale: f32,
+    accumulate: u32,
+    pad: [u32; 2],
+}
+
+/// The tiled, register-blocked symmetric rank-k update.
+pub struct FisherKernel {
+    pipeline: wgpu::ComputePipeline,
+    /// 4×4 register blocks per invocation along each axis: tiles are 64·nb wide.
+    nb: u32,
+}
+
+/// Register blocking for an adapter: 8×8 per invocation (128-wide tiles) on discrete GPUs, whose
+/// register files hold it and whose bandwidth needs the reuse; 4×4 (64-wide) elsewhere.
+pub fn default_blocking(info: &wgpu::AdapterInfo) -> u32 {
+    if info.device_type == wgpu::DeviceType::DiscreteGpu { 2 } else { 1 }
+}
+
+/// Workgroup memory the kernel stages G through, in bytes (two operands, 1024 floats each).
+const STAGE_BYTES: u32 = 2 * 1024 * 4;
+
+impl FisherKernel {
+    pub fn new(ctx: &GpuContext, nb: u32) -> Result<Self> {
+        if !matches!(nb, 1 | 2) {
+            return Err(Error::InvalidArgument { name: "Fisher register blocking", reason: format!("{nb} (use 1 or 2)") });
+        }
+        if ctx.limits.max_compute_workgroup_storage_size < STAGE_BYTES || ctx.limits.max_compute_invocations_per_workgroup < 256 {
+            return Err(Error::Gpu(format!(
+                "adapter {} allows {} bytes of workgroup memory and {} invocations per workgroup; the Fisher kernel needs {STAGE_BYTES} and 256",
+                ctx.info.name, ctx.limits.max_compute_workgroup_storage_size, ctx.limits.max_compute_invocations_per_workgroup
+            )));
+        }
+        let module = kernel::compile(ctx, "fisher", &Variant::default().with_u32("NB", nb))?;
+        let pipeline = kernel::pipeline(ctx, &module, "fisher_build", None)?;
+        Ok(Self { pipeline, nb })
+    }
+
+    /// Edge of the F tile one workgroup computes.
+    pub fn tile(&self) -> u32 {
+        64 * self.nb
+    }
+
+    /// Records `F ← (accumulate ? F : 0) + scale · GᵀG` (shapes already checked).
+    pub fn record(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        g: &GpuMatrix,
+        f: &GpuMatrix,
+        scale: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let tiles = (f.rows as u64).div_ceil(self.tile() as u64);
+        if tiles > MAX_GROUPS as u64 {
+            return Err(Error::TooLarge {
+                buffer: "Fisher matrix F",
+                shape: format!("{0}×{0}", f.rows),
+                bytes: f.rows as u64 * f.ld() as u64 * 4,
+                limit_name: "max_compute_workgroups_per_dimension (tiles per row)",
+                limit: MAX_GROUPS as u64,
+            });
+        }
+        let params = Params {
+            m: g.rows as u32,
+            p: g.cols as u32,
+            ldg4: g.ld4(),
+            ldf4: f.ld4(),
+            scale,
+            accumulate: accumulate as u32,
+            pad: [0; 2],
+        };
+        let uniform = ctx.uniform("fisher params", &params);
+        let layout = self.pipeline.get_bind_group_layout(0);
+        let group = kernel::bind(ctx, &layout, "fisher", &[&uniform, &g.buffer, &f.buffer]);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fisher"), timestamp_writes: None });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);
+        Ok(())
+    }
+}

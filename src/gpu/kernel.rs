@@ -1,0 +1,57 @@
+//! Turning a WGSL kernel into pipelines: specialise, compile, and report failures as errors.
+
+use super::context::GpuContext;
+use super::shader::{self, Variant};
+use crate::error::{Error, Result};
+
+/// Workgroups per dimension wgpu guarantees everywhere; larger 1-D grids fold into 2-D.
+pub const MAX_GROUPS: u32 = 65535;
+
+/// The 2-D grid for `n` workgroups (kernels rebuild the index as `x + y · num_workgroups.x`).
+pub fn grid(n: u32) -> (u32, u32) {
+    (n.clamp(1, MAX_GROUPS), n.div_ceil(MAX_GROUPS).max(1))
+}
+
+/// Compiles kernel `name` specialised to `variant`.
+pub fn compile(ctx: &GpuContext, name: &str, variant: &Variant) -> Result<wgpu::ShaderModule> {
+    let source = shader::source(name, variant).map_err(Error::Gpu)?;
+    ctx.validated(&format!("compiling {name}.wgsl"), || {
+        ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        })
+    })
+}
+
+/// The pipeline of entry point `entry`; `layout: None` derives the layout from the shader.
+pub fn pipeline(
+    ctx: &GpuContext,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    layout: Option<&wgpu::PipelineLayout>,
+) -> Result<wgpu::ComputePipeline> {
+    ctx.validated(&format!("creating pipeline {entry}"), || {
+        ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    })
+}
+
+/// A bind group for `pipeline`'s group 0 with `buffers[i]` at binding i.
+pub fn bind(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, label: &str, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+    bind_some(ctx, layout, label, &numbered)
+}
+
+/// A bind group for a pipeline whose derived layout has only some of the file's bindings:
+/// `(binding, buffer)` pairs.
+pub fn bind_some(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, label: &str, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> =
+        buffers.iter().map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() }).collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout, entries: &entries })
+}

@@ -1,0 +1,140 @@
+//! The GPU vector kernels (`shaders/linalg.wgsl`): symmetric matvec, dot product, axpy, xpby.
+
+use super::buffer::{GpuMatrix, GpuVector};
+use super::context::GpuContext;
+use super::kernel::{self, MAX_GROUPS};
+use super::shader::Variant;
+use crate::error::{Error, Result};
+
+/// Invocations per workgroup, as in the shader.
+pub const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub n4: u32,
+    pub ld4: u32,
+    pub alpha: f32,
+    pub partials: u32,
+}
+
+pub struct LinalgKernels {
+    pub(crate) matvec: wgpu::ComputePipeline,
+    dot_partial: wgpu::ComputePipeline,
+    dot_final: wgpu::ComputePipeline,
+    axpy: wgpu::ComputePipeline,
+    xpby: wgpu::ComputePipeline,
+}
+
+/// Workgroups of a one-vec4-per-invocation kernel over `n4` vec4s; errors past the 1-D limit.
+pub fn vector_groups(n4: u32) -> Result<u32> {
+    let groups = n4.div_ceil(WG);
+    if groups > MAX_GROUPS {
+        return Err(Error::TooLarge {
+            buffer: "vector",
+            shape: format!("{} f32", n4 as u64 * 4),
+            bytes: n4 as u64 * 16,
+            limit_name: "max_compute_workgroups_per_dimension × 1024 elements",
+            limit: MAX_GROUPS as u64 * WG as u64 * 16,
+        });
+    }
+    Ok(groups)
+}
+
+impl LinalgKernels {
+    pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
+        let module = kernel::compile(ctx, "linalg", variant)?;
+        let p = |entry| kernel::pipeline(ctx, &module, entry, None);
+        Ok(Self { matvec: p("matvec")?, dot_partial: p("dot_partial")?, dot_final: p("dot_final")?, axpy: p("axpy")?, xpby: p("xpby")? })
+    }
+
+    /// Bytes of scratch the matvec writes its per-block partial sums to.
+    pub fn matvec_partials_bytes(n4: u32) -> u64 {
+        2 * n4 as u64 * 4
+    }
+
+    /// The matvec's bind group: y = (A + λI) x, partial sums into `partials`.
+    pub(crate) fn matvec_group(
+        &self,
+        ctx: &GpuContext,
+        params: &wgpu::Buffer,
+        a: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        kernel::bind(ctx, &self.matvec.get_bind_group_layout(0), "matvec", &[params, &a.buffer, x, y, partials])
+    }
+
+    /// Records y = (A + λI) x (shapes already checked).
+    pub fn record_matvec(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &GpuMatrix,
+        damping: f32,
+        x: &GpuVector,
+        y: &GpuVector,
+    ) -> Result<()> {
+        let n4 = x.n4();
+        let params = ctx.uniform("matvec params", &Params { n4, ld4: a.ld4(), alpha: damping, partials: 0 });
+        let partials = ctx.storage_buffer("matvec partial sums", "scratch", Self::matvec_partials_bytes(n4), wgpu::BufferUsages::empty())?;
+        let group = self.matvec_group(ctx, &params, a, &x.buffer, &y.buffer, &partials);
+        let (gx, gy) = kernel::grid(n4);
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&self.matvec);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
+    /// xᵀy, read back (waits for the device).
+    pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<f32> {
+        let n4 = x.n4();
+        let groups = vector_groups(n4)?;
+        let partial = ctx.storage_buffer("dot partial sums", "scratch", (groups as u64 + 1) * 4, wgpu::BufferUsages::empty())?;
+        let params = ctx.uniform("dot params", &Params { n4, ld4: 0, alpha: 0.0, partials: groups });
+        let first = kernel::bind_some(
+            ctx,
+            &self.dot_partial.get_bind_group_layout(0),
+            "dot",
+            &[(0, &params), (2, &x.buffer), (3, &y.buffer), (4, &partial)],
+        );
+        let second = kernel::bind_some(ctx, &self.dot_final.get_bind_group_layout(0), "dot final", &[(0, &params), (4, &partial)]);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&self.dot_partial);
+            pass.set_bind_group(0, &first, &[]);
+            pass.dispatch_workgroups(groups, 1, 1);
+            pass.set_pipeline(&self.dot_final);
+            pass.set_bind_group(0, &second, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        let staging = ctx.copy_to_staging(&mut encoder, &partial, groups as u64 * 4, 4);
+        let index = ctx.queue.submit([encoder.finish()]);
+        Ok(ctx.map_staging::<f32>(&staging, index)?[0])
+    }
+
+    /// Records y ← y + α x (axpy) or y ← x + β y (xpby, `beta_form`).
+    pub fn record_update(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        coefficient: f32,
+        x: &GpuVector,
+        y: &GpuVector,
+        beta_form: bool,
+    ) -> Result<()> {
+        let n4 = x.n4();
+        let groups = vector_groups(n4)?;
+        let pipeline = if beta_form { &self.xpby } else { &self.axpy };
+        let params = ctx.uniform("axpy params", &Params { n4, ld4: 0, alpha: coefficient, partials: 0 });
+        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "axpy", &[(0, &params), (2, &x.buffer), (3, &y.buffer)]);
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+        Ok(())
+    }
+}

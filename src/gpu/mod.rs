@@ -1,0 +1,182 @@
+//! The GPU backend: wgpu plumbing and one typed wrapper per WGSL kernel.
+//!
+//! Every operation records its dispatches and submits them at once; nothing waits for the GPU
+//! except read-backs, each bounded by the context's timeout.
+
+pub mod buffer;
+pub mod cg;
+pub mod context;
+pub mod fisher;
+pub mod kernel;
+pub mod linalg;
+pub mod shader;
+
+pub use buffer::{GpuMatrix, GpuVector};
+pub use context::GpuContext;
+
+use crate::backend::{self, Backend};
+use crate::error::{Error, Result};
+use crate::solve::{self, CgParams, CgReport};
+use shader::Variant;
+
+/// Choices that specialise the kernels; the defaults follow the adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Use subgroup reductions where the adapter has them.
+    pub subgroups: bool,
+    /// Fisher register blocking (1: 64-wide tiles, 2: 128-wide); `None` picks by adapter.
+    pub fisher_blocking: Option<u32>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { subgroups: true, fisher_blocking: None }
+    }
+}
+
+/// A GPU device with natgrad's kernels compiled for it.
+pub struct Gpu {
+    ctx: GpuContext,
+    fisher: fisher::FisherKernel,
+    linalg: linalg::LinalgKernels,
+    cg: cg::CgKernels,
+    subgroups: bool,
+}
+
+impl Gpu {
+    /// The best adapter whose name contains `adapter` (any adapter if `None`), with default options.
+    pub fn open(adapter: Option<&str>) -> Result<Self> {
+        Self::with_context(GpuContext::open(adapter)?, GpuOptions::default())
+    }
+
+    /// Compiles the kernels for `ctx`.
+    pub fn with_context(ctx: GpuContext, options: GpuOptions) -> Result<Self> {
+        let subgroups = options.subgroups && ctx.has_subgroups();
+        let variant = Variant::default()
+            .define("SUBGROUPS", subgroups)
+            .with_f32("BREAKDOWN_RATIO", solve::BREAKDOWN_RATIO);
+        let linalg_variant = Variant::default().define("SUBGROUPS", subgroups);
+        let nb = options.fisher_blocking.unwrap_or_else(|| fisher::default_blocking(&ctx.info));
+        Ok(Self {
+            fisher: fisher::FisherKernel::new(&ctx, nb)?,
+            linalg: linalg::LinalgKernels::new(&ctx, &linalg_variant)?,
+            cg: cg::CgKernels::new(&ctx, &variant)?,
+            subgroups,
+            ctx,
+        })
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Whether the reductions run on subgroups.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Edge of the Fisher tile one workgroup computes.
+    pub fn fisher_tile(&self) -> u32 {
+        self.fisher.tile()
+    }
+
+    fn submit(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        record(&mut encoder)?;
+        self.ctx.queue.submit([encoder.finish()]);
+        self.ctx.check_fault()
+    }
+}
+
+impl Backend for Gpu {
+    type Matrix = GpuMatrix;
+    type Vector = GpuVector;
+
+    fn describe(&self) -> String {
+        context::describe(&self.ctx.info)
+    }
+
+    fn kind(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<GpuMatrix> {
+        backend::check_upload(what, rows, cols, data)?;
+        self.ctx.upload_matrix(what, rows, cols, data)
+    }
+
+    fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<GpuVector> {
+        if data.is_empty() {
+            return Err(Error::Empty(what));
+        }
+        crate::error::check_finite(what, 1, data)?;
+        self.ctx.upload_vector(what, data)
+    }
+
+    fn zeros_matrix(&self, what: &'static str, rows: usize, cols: usize) -> Result<GpuMatrix> {
+        self.ctx.zeros_matrix(what, rows, cols)
+    }
+
+    fn zeros_vector(&self, what: &'static str, len: usize) -> Result<GpuVector> {
+        self.ctx.zeros_vector(what, len)
+    }
+
+    fn download_matrix(&self, m: &GpuMatrix) -> Result<Vec<f32>> {
+        self.ctx.download_matrix(m)
+    }
+
+    fn download_vector(&self, v: &GpuVector) -> Result<Vec<f32>> {
+        self.ctx.download_vector(v)
+    }
+
+    fn shape(&self, m: &GpuMatrix) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    fn len(&self, v: &GpuVector) -> usize {
+        v.len
+    }
+
+    fn fisher_accumulate(&self, f: &mut GpuMatrix, g: &GpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
+        backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
+        self.submit(|encoder| self.fisher.record(&self.ctx, encoder, g, f, scale, accumulate))
+    }
+
+    fn matvec(&self, a: &GpuMatrix, damping: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
+        backend::check_matvec((a.rows, a.cols), x.len, y.len)?;
+        self.submit(|encoder| self.linalg.record_matvec(&self.ctx, encoder, a, damping, x, y))
+    }
+
+    fn dot(&self, x: &GpuVector, y: &GpuVector) -> Result<f32> {
+        backend::check_same_len(x.len, y.len)?;
+        self.linalg.dot(&self.ctx, x, y)
+    }
+
+    fn axpy(&self, alpha: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(x.len, y.len)?;
+        self.submit(|encoder| self.linalg.record_update(&self.ctx, encoder, alpha, x, y, false))
+    }
+
+    fn xpby(&self, x: &GpuVector, beta: f32, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(x.len, y.len)?;
+        self.submit(|encoder| self.linalg.record_update(&self.ctx, encoder, beta, x, y, true))
+    }
+
+    fn cg_solve(
+        &self,
+        a: &GpuMatrix,
+        damping: f32,
+        g: &GpuVector,
+        d: &mut GpuVector,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        params.validate(damping)?;
+        backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
+        self.cg.solve(&self.ctx, &self.linalg, a, damping, g, d, params)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        let index = self.ctx.queue.submit([]);
+        self.ctx.wait(index)
+    }
+}

@@ -1,0 +1,18 @@
+//! natgrad: natural-gradient training with the Fisher information matrix built and solved on any
+//! GPU wgpu reaches (Vulkan, Metal, DX12, software adapters), and a fast CPU path beside it.
+//!
+//! The core is the [`Backend`] trait: upload score rows G, build `F = (1/m) GᵀG` (chunk by chunk
+//! if G is large), and solve `(F + λI) d = g` by conjugate gradient, on a [`gpu::Gpu`] or a
+//! [`cpu::Cpu`]. [`device`] picks one from a command-line style choice.
+
+pub mod backend;
+pub mod cpu;
+pub mod demo;
+pub mod device;
+pub mod error;
+pub mod gpu;
+pub mod solve;
+
+pub use backend::Backend;
+pub use error::{Error, Result};
+pub use solve::{CgOutcome, CgParams, CgReport};
