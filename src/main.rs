@@ -41,6 +41,7 @@ enum Command {
         adapter: Option<String>,
     },
     /// Build F = GᵀG/n from random scores and solve (F + λI) d = g by CG on each device, timed and cross-checked.
+    #[command(allow_negative_numbers = true)]
     Demo {
         /// Rows of G (examples).
         #[arg(long, default_value_t = 1024)]
@@ -77,7 +78,18 @@ enum Command {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's own message spans several lines; keep its first and point to --help
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("natgrad: error: {first} (see natgrad --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("natgrad: error: {}", one_line(&e));

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: seeded random data and GPU devices.
+//!
+//! GPU tests never skip: without an adapter they fail, saying what to install.
+#![allow(dead_code)]
+
+use natgrad::gpu::{Gpu, GpuContext, GpuOptions};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` standard normal f32 values.
+pub fn normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+fn context() -> GpuContext {
+    GpuContext::open(None).unwrap_or_else(|e| {
+        panic!(
+            "GPU tests need a GPU adapter and found none ({e}). They never skip: on a machine \
+             without a GPU install Mesa's software Vulkan driver (apt-get install mesa-vulkan-drivers libvulkan1)."
+        )
+    })
+}
+
+/// The best GPU adapter with default kernels.
+pub fn gpu() -> Gpu {
+    Gpu::with_context(context(), GpuOptions::default()).expect("natgrad's kernels compile on this adapter")
+}
+
+/// One GPU per kernel specialisation this adapter can run: subgroup reductions on and off, and
+/// both Fisher register blockings, so every variant is held to the CPU.
+pub fn gpu_variants() -> Vec<Gpu> {
+    let mut all = Vec::new();
+    for subgroups in [false, true] {
+        for nb in [1, 2] {
+            let gpu = Gpu::with_context(context(), GpuOptions { subgroups, fisher_blocking: Some(nb) })
+                .expect("natgrad's kernels compile on this adapter");
+            if subgroups && !gpu.uses_subgroups() {
+                eprintln!("adapter has no subgroups: the subgroup variant is not run");
+                continue;
+            }
+            all.push(gpu);
+        }
+    }
+    all
+}
+
+/// `‖x − y‖ / ‖y‖` for two f32 vectors.
+pub fn rel_diff(x: &[f32], y: &[f32]) -> f64 {
+    natgrad::cpu::reference::rel_error(x, &natgrad::cpu::reference::to_f64(y))
+}
+
+/// True when the row-major `n×n` matrix equals its transpose bit for bit.
+pub fn exactly_symmetric(f: &[f32], n: usize) -> bool {
+    (0..n).all(|i| (0..i).all(|j| f[i * n + j].to_bits() == f[j * n + i].to_bits()))
+}
