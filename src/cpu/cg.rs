@@ -1,14 +1,16 @@
 //! Conjugate gradient on the CPU: the twin of `shaders/cg.wgsl`, the same iteration, stopping
 //! rule and breakdown test, with dot products accumulated in f64.
 
-use super::linalg::{axpy, dot, matvec, xpby};
+use super::CpuMatrix;
+use super::linalg::{axpy, dot, xpby};
 use crate::solve::{BREAKDOWN_RATIO, CgOutcome, CgParams, CgReport};
 
-/// Solves `(A + λI) d = g` for A `n×n` row-major, starting from `d` and leaving the solution there.
-pub fn solve(a: &[f32], damping: f32, g: &[f32], d: &mut [f32], params: &CgParams) -> CgReport {
+/// Solves `(A + λI) d = g` for a square A (shapes checked), starting from `d` and leaving the
+/// solution there.
+pub fn solve(a: &CpuMatrix, damping: f32, g: &[f32], d: &mut [f32], params: &CgParams) -> CgReport {
     let n = g.len();
     let mut q = vec![0.0f32; n];
-    matvec(a, damping, d, &mut q);
+    a.matvec(damping, d, &mut q);
     let mut r: Vec<f32> = g.iter().zip(&q).map(|(gi, qi)| gi - qi).collect();
     let mut s = r.clone();
     let gg = dot(g, g);
@@ -24,7 +26,7 @@ pub fn solve(a: &[f32], damping: f32, g: &[f32], d: &mut [f32], params: &CgParam
         if iterations >= params.max_iters {
             break CgOutcome::MaxIterations;
         }
-        matvec(a, damping, &s, &mut q);
+        a.matvec(damping, &s, &mut q);
         let sq = dot(&s, &q);
         let rayleigh = sq / dot(&s, &s);
         if !(rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)) {
@@ -43,7 +45,7 @@ pub fn solve(a: &[f32], damping: f32, g: &[f32], d: &mut [f32], params: &CgParam
         d.fill(0.0);
         0.0
     } else {
-        matvec(a, damping, d, &mut q);
+        a.matvec(damping, d, &mut q);
         let true_rr: f64 = g.iter().zip(&q).map(|(gi, qi)| ((gi - qi) as f64).powi(2)).sum();
         (true_rr / gg).sqrt() as f32
     };

@@ -10,12 +10,33 @@ use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
 use crate::solve::{CgParams, CgReport};
 
+/// How a [`CpuMatrix`]'s elements are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Every element is stored.
+    General,
+    /// Symmetric, and only the upper triangle (j ≥ i) is meaningful: how a Fisher built on the
+    /// CPU is kept. Downloads fill in the lower triangle.
+    SymmetricUpper,
+}
+
 /// A dense row-major matrix in host memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f32>,
+    pub layout: Layout,
+}
+
+impl CpuMatrix {
+    /// `y = (A + λI) x` for this square matrix, reading what its layout keeps.
+    pub fn matvec(&self, damping: f32, x: &[f32], y: &mut [f32]) {
+        match self.layout {
+            Layout::General => linalg::matvec(&self.data, damping, x, y),
+            Layout::SymmetricUpper => linalg::symv_upper(&self.data, damping, x, y),
+        }
+    }
 }
 
 /// The CPU device: rayon's thread pool and the widest SIMD the processor has.
@@ -56,7 +77,7 @@ impl Backend for Cpu {
 
     fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<CpuMatrix> {
         backend::check_upload(what, rows, cols, data)?;
-        Ok(CpuMatrix { rows, cols, data: data.to_vec() })
+        Ok(CpuMatrix { rows, cols, data: data.to_vec(), layout: Layout::General })
     }
 
     fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<Vec<f32>> {
@@ -72,7 +93,7 @@ impl Backend for Cpu {
             return Err(Error::Empty(what));
         }
         let len = rows.checked_mul(cols).ok_or_else(|| Error::Shape(format!("{what}: {rows}×{cols} overflows")))?;
-        Ok(CpuMatrix { rows, cols, data: vec![0.0; len] })
+        Ok(CpuMatrix { rows, cols, data: vec![0.0; len], layout: Layout::General })
     }
 
     fn zeros_vector(&self, what: &'static str, len: usize) -> Result<Vec<f32>> {
@@ -83,7 +104,11 @@ impl Backend for Cpu {
     }
 
     fn download_matrix(&self, m: &CpuMatrix) -> Result<Vec<f32>> {
-        Ok(m.data.clone())
+        let mut data = m.data.clone();
+        if m.layout == Layout::SymmetricUpper {
+            fisher::mirror_upper(&mut data, m.rows);
+        }
+        Ok(data)
     }
 
     fn download_vector(&self, v: &Vec<f32>) -> Result<Vec<f32>> {
@@ -100,13 +125,15 @@ impl Backend for Cpu {
 
     fn fisher_accumulate(&self, f: &mut CpuMatrix, g: &CpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
         backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
+        // accumulating onto a general F reads its upper triangle, which holds all of it
         fisher::syrk(&g.data, g.rows, g.cols, scale, accumulate, &mut f.data);
+        f.layout = Layout::SymmetricUpper;
         Ok(())
     }
 
     fn matvec(&self, a: &CpuMatrix, damping: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         backend::check_matvec((a.rows, a.cols), x.len(), y.len())?;
-        linalg::matvec(&a.data, damping, x, y);
+        a.matvec(damping, x, y);
         Ok(())
     }
 
@@ -137,7 +164,7 @@ impl Backend for Cpu {
     ) -> Result<CgReport> {
         params.validate(damping)?;
         backend::check_matvec((a.rows, a.cols), g.len(), d.len())?;
-        Ok(cg::solve(&a.data, damping, g, d, params))
+        Ok(cg::solve(a, damping, g, d, params))
     }
 
     fn synchronize(&self) -> Result<()> {
