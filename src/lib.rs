@@ -16,3 +16,8 @@ pub mod solve;
 pub use backend::Backend;
 pub use error::{Error, Result};
 pub use solve::{CgOutcome, CgParams, CgReport};
+
+/// The README's Rust examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
