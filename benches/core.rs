@@ -38,9 +38,18 @@ fn gpu() -> Option<Gpu> {
 
 /// One group: `op` timed for each size on each device. Inputs are prepared (and the device
 /// drained) once per size, outside the timing.
-fn group(c: &mut Criterion, devices: &[(&str, &dyn DeviceOps)], name: &str, op: Op, throughput: impl Fn(usize) -> Throughput) {
+fn group(
+    c: &mut Criterion,
+    devices: &[(&str, &dyn DeviceOps)],
+    name: &str,
+    op: Op,
+    throughput: impl Fn(usize) -> Throughput,
+) {
     let mut group = c.benchmark_group(name);
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     for p in PARAMS {
         group.throughput(throughput(p));
         for (device, ops) in devices {
@@ -75,7 +84,10 @@ where
         let mut f = b.fisher(&g).unwrap();
         let grad = b.upload_vector("g", &scores(1, p)).unwrap();
         let mut y = b.zeros_vector("y", p).unwrap();
-        let params = CgParams { max_iters: CG_ITERS, rel_tol: 0.0 };
+        let params = CgParams {
+            max_iters: CG_ITERS,
+            rel_tol: 0.0,
+        };
         b.synchronize().unwrap();
         Box::new(move |op| {
             match op {
@@ -98,9 +110,15 @@ fn benches(c: &mut Criterion) {
     if let Some(gpu) = &gpu {
         devices.push(("gpu", gpu));
     }
-    group(c, &devices, "fisher_build", Op::Fisher, |p| Throughput::Elements((N * p * (p + 1)) as u64));
-    group(c, &devices, "matvec", Op::Matvec, |p| Throughput::Bytes((4 * p * p) as u64));
-    group(c, &devices, "cg_solve_20_iterations", Op::Cg, |p| Throughput::Bytes((4 * p * p * (CG_ITERS + 2)) as u64));
+    group(c, &devices, "fisher_build", Op::Fisher, |p| {
+        Throughput::Elements((N * p * (p + 1)) as u64)
+    });
+    group(c, &devices, "matvec", Op::Matvec, |p| {
+        Throughput::Bytes((4 * p * p) as u64)
+    });
+    group(c, &devices, "cg_solve_20_iterations", Op::Cg, |p| {
+        Throughput::Bytes((4 * p * p * (CG_ITERS + 2)) as u64)
+    });
 }
 
 criterion_group!(core, benches);

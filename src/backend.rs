@@ -81,7 +81,10 @@ pub fn check_upload(what: &'static str, rows: usize, cols: usize, data: &[f32]) 
         return Err(Error::Empty(what));
     }
     if rows.checked_mul(cols) != Some(data.len()) {
-        return Err(Error::Shape(format!("{what}: {} values for a {rows}×{cols} matrix", data.len())));
+        return Err(Error::Shape(format!(
+            "{what}: {} values for a {rows}×{cols} matrix",
+            data.len()
+        )));
     }
     crate::error::check_finite(what, cols, data)
 }

@@ -30,7 +30,14 @@ impl Problem {
         for row in g_rows.chunks_exact(p) {
             grad.iter_mut().zip(row).for_each(|(s, v)| *s += v / n as f32);
         }
-        Self { n, p, g_rows, grad, damping, cg }
+        Self {
+            n,
+            p,
+            g_rows,
+            grad,
+            damping,
+            cg,
+        }
     }
 }
 

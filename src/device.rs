@@ -102,7 +102,11 @@ pub fn human_bytes(bytes: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// The text of `natgrad devices`: every adapter with its key limits, then what `auto` and `gpu`
@@ -139,7 +143,15 @@ pub fn listing(filter: Option<&str>) -> String {
             info.subgroup_min_size,
             info.subgroup_max_size,
         );
-        let _ = writeln!(out, "      optional features: {}", if features.is_empty() { "none".into() } else { features.join(", ") });
+        let _ = writeln!(
+            out,
+            "      optional features: {}",
+            if features.is_empty() {
+                "none".into()
+            } else {
+                features.join(", ")
+            }
+        );
     }
     let _ = writeln!(out, "CPU: {}", Cpu::new().describe());
     let picked = |choice| match pick(choice, filter) {

@@ -23,13 +23,22 @@ pub enum Error {
 
     /// A NaN or infinity in input data.
     #[error("{what} holds a non-finite value ({value}) at row {row}, column {col}")]
-    NonFinite { what: &'static str, row: usize, col: usize, value: f32 },
+    NonFinite {
+        what: &'static str,
+        row: usize,
+        col: usize,
+        value: f32,
+    },
 
     /// A buffer larger than the device allows.
-    #[error(
-        "{buffer} needs {bytes} bytes ({shape}), above this device's {limit_name} of {limit} bytes"
-    )]
-    TooLarge { buffer: &'static str, shape: String, bytes: u64, limit_name: &'static str, limit: u64 },
+    #[error("{buffer} needs {bytes} bytes ({shape}), above this device's {limit_name} of {limit} bytes")]
+    TooLarge {
+        buffer: &'static str,
+        shape: String,
+        bytes: u64,
+        limit_name: &'static str,
+        limit: u64,
+    },
 
     /// The device ran out of memory allocating a buffer.
     #[error("out of GPU memory allocating {buffer} ({bytes} bytes)")]

@@ -9,7 +9,11 @@ use natgrad::device::{self, AnyBackend, DeviceChoice};
 use natgrad::{CgParams, demo, with_backend};
 
 #[derive(Parser)]
-#[command(name = "natgrad", version, about = "Natural-gradient training with the Fisher built and solved on any GPU (wgpu) or the CPU")]
+#[command(
+    name = "natgrad",
+    version,
+    about = "Natural-gradient training with the Fisher built and solved on any GPU (wgpu) or the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,7 +88,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap's own message spans several lines; keep its first and point to --help
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
             eprintln!("natgrad: error: {first} (see natgrad --help)");
             return ExitCode::from(2);
         }
@@ -109,11 +117,25 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", device::listing(adapter.as_deref()));
             Ok(())
         }
-        Command::Demo { batch, params, device, adapter, damping, cg_iters, cg_tol, repeats, seed, check } => {
+        Command::Demo {
+            batch,
+            params,
+            device,
+            adapter,
+            damping,
+            cg_iters,
+            cg_tol,
+            repeats,
+            seed,
+            check,
+        } => {
             if batch == 0 || params == 0 {
                 bail!("--batch and --params must be at least 1");
             }
-            let cg = CgParams { max_iters: cg_iters, rel_tol: cg_tol };
+            let cg = CgParams {
+                max_iters: cg_iters,
+                rel_tol: cg_tol,
+            };
             cg.validate(damping)?;
             let backends = demo_devices(&device, adapter.as_deref())?;
             println!(
@@ -126,7 +148,10 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("on {}", b.describe()))?;
                 outcomes.push(outcome);
             }
-            print!("{}", demo::summary(&problem, &outcomes, check.unwrap_or(params <= 1024)));
+            print!(
+                "{}",
+                demo::summary(&problem, &outcomes, check.unwrap_or(params <= 1024))
+            );
             Ok(())
         }
     }

@@ -19,7 +19,11 @@ impl System {
         let mut r = rng(seed);
         let rows = normal(&mut r, m * p);
         let f64_f = reference::fisher(&rows, m, p, 1.0 / m as f64);
-        Self { p, f: f64_f.iter().map(|&v| v as f32).collect(), g: normal(&mut r, p) }
+        Self {
+            p,
+            f: f64_f.iter().map(|&v| v as f32).collect(),
+            g: normal(&mut r, p),
+        }
     }
 
     /// The f64 relative residual ‖g − (F + λI)d‖ / ‖g‖.
@@ -50,16 +54,23 @@ fn backends_each(mut check: impl FnMut(&dyn Fn(&System, f32, &[f32], CgParams) -
 
 #[test]
 fn solutions_match_cholesky_and_report_the_true_residual() {
-    let params = CgParams { max_iters: 500, rel_tol: 1e-5 };
+    let params = CgParams {
+        max_iters: 500,
+        rel_tol: 1e-5,
+    };
     backends_each(|solve, name| {
         for (k, &p) in [1usize, 13, 67, 257].iter().enumerate() {
             let s = System::new(2 * p + 3, p, k as u64);
             let damping = 1e-2;
             let (report, d) = solve(&s, damping, &vec![0.0; p], params);
-            let f64_d = reference::solve_spd(&reference::to_f64(&s.f), damping as f64, &reference::to_f64(&s.g)).unwrap();
+            let f64_d =
+                reference::solve_spd(&reference::to_f64(&s.f), damping as f64, &reference::to_f64(&s.g)).unwrap();
             let err = reference::rel_error(&d, &f64_d);
             assert_eq!(report.outcome, CgOutcome::Converged, "{name} p={p}: {report:?}");
-            assert!(err < 1e-3, "{name} p={p}: error against Cholesky {err:.2e} ({report:?})");
+            assert!(
+                err < 1e-3,
+                "{name} p={p}: error against Cholesky {err:.2e} ({report:?})"
+            );
             let truth = s.true_residual(damping, &d);
             assert!(
                 (report.rel_residual as f64 - truth).abs() <= 0.1 * truth + 1e-6,
@@ -74,7 +85,10 @@ fn solutions_match_cholesky_and_report_the_true_residual() {
 /// drifts far below the true one: the report must carry the true one.
 #[test]
 fn the_reported_residual_is_recomputed_not_recursive() {
-    let params = CgParams { max_iters: 300, rel_tol: 1e-12 };
+    let params = CgParams {
+        max_iters: 300,
+        rel_tol: 1e-12,
+    };
     backends_each(|solve, name| {
         let s = System::new(90, 80, 11);
         let damping = 1e-3;
@@ -91,7 +105,10 @@ fn the_reported_residual_is_recomputed_not_recursive() {
 
 #[test]
 fn a_well_conditioned_system_converges_within_p_iterations() {
-    let params = CgParams { max_iters: 1000, rel_tol: 1e-5 };
+    let params = CgParams {
+        max_iters: 1000,
+        rel_tol: 1e-5,
+    };
     backends_each(|solve, name| {
         for (k, &p) in [13usize, 67, 257].iter().enumerate() {
             // m = 4p: eigenvalues of F within about [0.25, 2.25], condition ~9
@@ -105,14 +122,21 @@ fn a_well_conditioned_system_converges_within_p_iterations() {
 
 #[test]
 fn a_warm_start_needs_fewer_iterations() {
-    let params = CgParams { max_iters: 1000, rel_tol: 1e-5 };
+    let params = CgParams {
+        max_iters: 1000,
+        rel_tol: 1e-5,
+    };
     backends_each(|solve, name| {
         let p = 150;
         let s = System::new(160, p, 5);
         let (cold, d) = solve(&s, 1e-2, &vec![0.0; p], params);
         // the next step's gradient, close to this one
         let noise = normal(&mut rng(6), p);
-        let next = System { p, f: s.f.clone(), g: s.g.iter().zip(&noise).map(|(g, n)| g + 0.01 * n).collect() };
+        let next = System {
+            p,
+            f: s.f.clone(),
+            g: s.g.iter().zip(&noise).map(|(g, n)| g + 0.01 * n).collect(),
+        };
         let (again_cold, _) = solve(&next, 1e-2, &vec![0.0; p], params);
         let (warm, _) = solve(&next, 1e-2, &d, params);
         assert_eq!(warm.outcome, CgOutcome::Converged, "{name}");
@@ -128,7 +152,10 @@ fn a_warm_start_needs_fewer_iterations() {
 
 #[test]
 fn a_singular_system_is_reported_never_nan() {
-    let params = CgParams { max_iters: 200, rel_tol: 1e-6 };
+    let params = CgParams {
+        max_iters: 200,
+        rel_tol: 1e-6,
+    };
     backends_each(|solve, name| {
         // rank 20 in 60 dimensions, no damping, and g off the range of F: no solution exists
         let p = 60;
@@ -136,21 +163,33 @@ fn a_singular_system_is_reported_never_nan() {
         let (report, d) = solve(&s, 0.0, &vec![0.0; p], params);
         assert_ne!(report.outcome, CgOutcome::Converged, "{name}: {report:?}");
         assert!(d.iter().all(|v| v.is_finite()), "{name}: d has non-finite entries");
-        assert!(report.rel_residual.is_finite() && report.rel_residual > 0.1, "{name}: {report:?}");
+        assert!(
+            report.rel_residual.is_finite() && report.rel_residual > 0.1,
+            "{name}: {report:?}"
+        );
         let truth = s.true_residual(0.0, &d);
-        assert!((report.rel_residual as f64 - truth).abs() <= 1e-3 * truth, "{name}: {report:?} vs {truth}");
+        assert!(
+            (report.rel_residual as f64 - truth).abs() <= 1e-3 * truth,
+            "{name}: {report:?} vs {truth}"
+        );
     });
 }
 
 #[test]
 fn curvature_breakdown_is_detected() {
-    let params = CgParams { max_iters: 500, rel_tol: 1e-7 };
+    let params = CgParams {
+        max_iters: 500,
+        rel_tol: 1e-7,
+    };
     backends_each(|solve, name| {
         let p = 60;
         let s = System::new(20, p, 4);
         let (report, _) = solve(&s, 0.0, &vec![0.0; p], params);
         assert_eq!(report.outcome, CgOutcome::Breakdown, "{name}: {report:?}");
-        assert!(report.iterations <= 40, "{name}: found the singular direction only after {report:?}");
+        assert!(
+            report.iterations <= 40,
+            "{name}: found the singular direction only after {report:?}"
+        );
     });
 }
 
@@ -159,8 +198,16 @@ fn a_zero_gradient_gives_a_zero_direction() {
     backends_each(|solve, name| {
         let mut s = System::new(30, 20, 8);
         s.g = vec![0.0; 20];
-        let (report, d) = solve(&s, 0.1, &vec![1.0; 20], CgParams::default());
-        assert_eq!(report, CgReport { iterations: 0, rel_residual: 0.0, outcome: CgOutcome::Converged }, "{name}");
+        let (report, d) = solve(&s, 0.1, &[1.0; 20], CgParams::default());
+        assert_eq!(
+            report,
+            CgReport {
+                iterations: 0,
+                rel_residual: 0.0,
+                outcome: CgOutcome::Converged
+            },
+            "{name}"
+        );
         assert!(d.iter().all(|&v| v == 0.0), "{name}: {d:?}");
     });
 }
@@ -170,30 +217,67 @@ fn iteration_limits_are_kept_across_submissions() {
     backends_each(|solve, name| {
         let s = System::new(50, 40, 9);
         let start = vec![0.5; 40];
-        let (report, d) = solve(&s, 0.1, &start, CgParams { max_iters: 0, rel_tol: 1e-6 });
-        assert_eq!((report.outcome, report.iterations), (CgOutcome::MaxIterations, 0), "{name}");
+        let (report, d) = solve(
+            &s,
+            0.1,
+            &start,
+            CgParams {
+                max_iters: 0,
+                rel_tol: 1e-6,
+            },
+        );
+        assert_eq!(
+            (report.outcome, report.iterations),
+            (CgOutcome::MaxIterations, 0),
+            "{name}"
+        );
         assert_eq!(d, start, "{name}: zero iterations must leave d alone");
         // eigenvalues log-spaced over [1, 10⁴]: hundreds of iterations to 1e-7, so 300 of them
         // run past the GPU's 256 per submission and stop at the limit
         let p = 300;
         let mut f = vec![0.0f32; p * p];
         (0..p).for_each(|i| f[i * p + i] = 10f32.powf(4.0 * i as f32 / (p - 1) as f32));
-        let slow = System { p, f, g: normal(&mut rng(10), p) };
-        let (report, d) = solve(&slow, 0.0, &vec![0.0; p], CgParams { max_iters: 300, rel_tol: 1e-7 });
-        assert_eq!((report.outcome, report.iterations), (CgOutcome::MaxIterations, 300), "{name}: {report:?}");
+        let slow = System {
+            p,
+            f,
+            g: normal(&mut rng(10), p),
+        };
+        let (report, d) = solve(
+            &slow,
+            0.0,
+            &vec![0.0; p],
+            CgParams {
+                max_iters: 300,
+                rel_tol: 1e-7,
+            },
+        );
+        assert_eq!(
+            (report.outcome, report.iterations),
+            (CgOutcome::MaxIterations, 300),
+            "{name}: {report:?}"
+        );
         let truth = slow.true_residual(0.0, &d);
-        assert!(truth < 1e-2 && (report.rel_residual as f64 - truth).abs() <= 0.1 * truth, "{name}: {report:?} vs {truth:.3e}");
+        assert!(
+            truth < 1e-2 && (report.rel_residual as f64 - truth).abs() <= 0.1 * truth,
+            "{name}: {report:?} vs {truth:.3e}"
+        );
     });
 }
 
 #[test]
 fn gpu_and_cpu_take_the_same_path() {
-    let params = CgParams { max_iters: 500, rel_tol: 1e-5 };
+    let params = CgParams {
+        max_iters: 500,
+        rel_tol: 1e-5,
+    };
     let s = System::new(300, 257, 12);
     let (cpu_report, cpu_d) = solve(&Cpu::new(), &s, 1e-2, &vec![0.0; 257], params);
     for gpu in gpu_variants().into_iter().step_by(2) {
         let (report, d) = solve(&gpu, &s, 1e-2, &vec![0.0; 257], params);
-        assert!(report.iterations.abs_diff(cpu_report.iterations) <= 2, "{report:?} vs {cpu_report:?}");
+        assert!(
+            report.iterations.abs_diff(cpu_report.iterations) <= 2,
+            "{report:?} vs {cpu_report:?}"
+        );
         let diff = common::rel_diff(&d, &cpu_d);
         assert!(diff < 1e-3, "GPU vs CPU direction: {diff:.2e}");
     }

@@ -13,33 +13,74 @@ fn bad_uploads<B: Backend>(b: &B) {
     assert!(matches!(e, Error::NonFinite { row: 1, col: 3, .. }), "{name}: {e}");
     assert!(e.to_string().contains("row 1, column 3"), "{name}: {e}");
     data[7] = f32::INFINITY;
-    assert!(matches!(b.upload_matrix("G", 3, 4, &data), Err(Error::NonFinite { .. })), "{name}");
-    assert!(matches!(b.upload_vector("g", &[0.0, f32::NEG_INFINITY]), Err(Error::NonFinite { .. })), "{name}");
-    assert!(matches!(b.upload_matrix("G", 0, 4, &[]), Err(Error::Empty("G"))), "{name}");
+    assert!(
+        matches!(b.upload_matrix("G", 3, 4, &data), Err(Error::NonFinite { .. })),
+        "{name}"
+    );
+    assert!(
+        matches!(
+            b.upload_vector("g", &[0.0, f32::NEG_INFINITY]),
+            Err(Error::NonFinite { .. })
+        ),
+        "{name}"
+    );
+    assert!(
+        matches!(b.upload_matrix("G", 0, 4, &[]), Err(Error::Empty("G"))),
+        "{name}"
+    );
     assert!(matches!(b.upload_vector("g", &[]), Err(Error::Empty("g"))), "{name}");
-    let e = b.upload_matrix("G", 3, 5, &[0.0; 12]).err().expect("wrong length accepted");
-    assert!(matches!(e, Error::Shape(_)) && e.to_string().contains("3×5"), "{name}: {e}");
+    let e = b
+        .upload_matrix("G", 3, 5, &[0.0; 12])
+        .err()
+        .expect("wrong length accepted");
+    assert!(
+        matches!(e, Error::Shape(_)) && e.to_string().contains("3×5"),
+        "{name}: {e}"
+    );
 }
 
 fn bad_shapes<B: Backend>(b: &B) {
     let name = b.describe();
     let g = b.upload_matrix("G", 4, 6, &[0.5; 24]).unwrap();
     let mut f = b.zeros_matrix("F", 5, 5).unwrap();
-    let e = b.fisher_accumulate(&mut f, &g, 1.0, false).err().expect("5×5 F for 6 columns accepted");
-    assert!(matches!(e, Error::Shape(_)) && e.to_string().contains("6×6"), "{name}: {e}");
+    let e = b
+        .fisher_accumulate(&mut f, &g, 1.0, false)
+        .expect_err("5×5 F for 6 columns accepted");
+    assert!(
+        matches!(e, Error::Shape(_)) && e.to_string().contains("6×6"),
+        "{name}: {e}"
+    );
     let f = b.zeros_matrix("F", 6, 6).unwrap();
     let x = b.zeros_vector("x", 6).unwrap();
     let mut short = b.zeros_vector("y", 5).unwrap();
-    assert!(matches!(b.matvec(&f, 0.0, &x, &mut short), Err(Error::Shape(_))), "{name}");
-    assert!(matches!(b.matvec(&g, 0.0, &x, &mut short), Err(Error::Shape(_))), "{name}: non-square matrix");
+    assert!(
+        matches!(b.matvec(&f, 0.0, &x, &mut short), Err(Error::Shape(_))),
+        "{name}"
+    );
+    assert!(
+        matches!(b.matvec(&g, 0.0, &x, &mut short), Err(Error::Shape(_))),
+        "{name}: non-square matrix"
+    );
     assert!(matches!(b.dot(&x, &short), Err(Error::Shape(_))), "{name}");
     assert!(matches!(b.axpy(1.0, &x, &mut short), Err(Error::Shape(_))), "{name}");
     let mut d = b.zeros_vector("d", 6).unwrap();
-    assert!(matches!(b.cg_solve(&f, 0.0, &short, &mut d, &CgParams::default()), Err(Error::Shape(_))), "{name}");
+    assert!(
+        matches!(
+            b.cg_solve(&f, 0.0, &short, &mut d, &CgParams::default()),
+            Err(Error::Shape(_))
+        ),
+        "{name}"
+    );
     for (damping, tol) in [(-1.0, 1e-4), (f32::NAN, 1e-4), (0.0, -1e-4), (0.0, f32::INFINITY)] {
-        let p = CgParams { max_iters: 10, rel_tol: tol };
+        let p = CgParams {
+            max_iters: 10,
+            rel_tol: tol,
+        };
         let r = b.cg_solve(&f, damping, &x, &mut d, &p);
-        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{name}: λ={damping} tol={tol}");
+        assert!(
+            matches!(r, Err(Error::InvalidArgument { .. })),
+            "{name}: λ={damping} tol={tol}"
+        );
     }
 }
 
@@ -59,12 +100,22 @@ fn gpu_rejects_bad_input() {
 #[test]
 fn a_fisher_larger_than_the_device_allows_names_the_size_and_the_limit() {
     let gpu = common::gpu();
-    let limit = gpu.context().limits.max_storage_buffer_binding_size.min(gpu.context().limits.max_buffer_size);
+    let limit = gpu
+        .context()
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.context().limits.max_buffer_size);
     // the smallest p whose F no longer fits: refused before anything is allocated
     let p = ((limit / 4) as f64).sqrt() as usize + 8;
-    let e = gpu.zeros_matrix("Fisher matrix F", p, p).err().expect("an over-limit F was allocated");
+    let e = gpu
+        .zeros_matrix("Fisher matrix F", p, p)
+        .err()
+        .expect("an over-limit F was allocated");
     let text = e.to_string();
     assert!(matches!(e, Error::TooLarge { .. }), "{text}");
-    assert!(text.contains("Fisher matrix F") && text.contains(&format!("{p}×{p}")) && text.contains(&limit.to_string()), "{text}");
+    assert!(
+        text.contains("Fisher matrix F") && text.contains(&format!("{p}×{p}")) && text.contains(&limit.to_string()),
+        "{text}"
+    );
     assert!(text.contains("max_"), "the message names the limit: {text}");
 }

@@ -19,7 +19,11 @@ fn check_build<B: Backend>(b: &B, m: usize, p: usize, seed: u64) -> Vec<f32> {
     let f = b.download_matrix(&b.fisher(&dg).unwrap()).unwrap();
     let err = reference::rel_error(&f, &expected);
     assert!(err < TOL, "{}: F of G {m}×{p}: relative error {err:.2e}", b.describe());
-    assert!(exactly_symmetric(&f, p), "{}: F of G {m}×{p} is not exactly symmetric", b.describe());
+    assert!(
+        exactly_symmetric(&f, p),
+        "{}: F of G {m}×{p} is not exactly symmetric",
+        b.describe()
+    );
     f
 }
 
@@ -37,7 +41,11 @@ fn gpu_matches_cpu_and_f64_reference() {
             let on_gpu = check_build(&gpu, m, p, k as u64);
             let on_cpu = check_build(&Cpu::new(), m, p, k as u64);
             let diff = common::rel_diff(&on_gpu, &on_cpu);
-            assert!(diff < TOL, "GPU (tile {}) vs CPU at {m}×{p}: {diff:.2e}", gpu.fisher_tile());
+            assert!(
+                diff < TOL,
+                "GPU (tile {}) vs CPU at {m}×{p}: {diff:.2e}",
+                gpu.fisher_tile()
+            );
         }
     }
 }
@@ -47,7 +55,9 @@ fn chunked<B: Backend>(b: &B, g: &[f32], m: usize, p: usize, cuts: &[usize]) -> 
     let mut f = b.zeros_matrix("F", p, p).unwrap();
     let mut start = 0;
     for (k, &end) in cuts.iter().chain(std::iter::once(&m)).enumerate() {
-        let chunk = b.upload_matrix("G chunk", end - start, p, &g[start * p..end * p]).unwrap();
+        let chunk = b
+            .upload_matrix("G chunk", end - start, p, &g[start * p..end * p])
+            .unwrap();
         b.fisher_accumulate(&mut f, &chunk, 1.0 / m as f32, k > 0).unwrap();
         start = end;
     }
@@ -67,7 +77,11 @@ fn chunked_accumulation_equals_one_build() {
         let on_gpu = chunked(&gpu, &g, m, p, &cuts);
         let err = reference::rel_error(&on_gpu, &expected);
         assert!(err < TOL, "GPU tile {}: chunked F error {err:.2e}", gpu.fisher_tile());
-        assert!(exactly_symmetric(&on_gpu, p), "GPU tile {}: chunked F not symmetric", gpu.fisher_tile());
+        assert!(
+            exactly_symmetric(&on_gpu, p),
+            "GPU tile {}: chunked F not symmetric",
+            gpu.fisher_tile()
+        );
     }
 }
 
@@ -79,13 +93,15 @@ fn a_fresh_build_overwrites_what_f_held() {
     let expected = reference::fisher(&new, m, p, 0.5);
     for gpu in gpu_variants() {
         let mut f = gpu.fisher(&gpu.upload_matrix("G", m, p, &old).unwrap()).unwrap();
-        gpu.fisher_accumulate(&mut f, &gpu.upload_matrix("G", m, p, &new).unwrap(), 0.5, false).unwrap();
+        gpu.fisher_accumulate(&mut f, &gpu.upload_matrix("G", m, p, &new).unwrap(), 0.5, false)
+            .unwrap();
         let err = reference::rel_error(&gpu.download_matrix(&f).unwrap(), &expected);
         assert!(err < TOL, "GPU tile {}: {err:.2e}", gpu.fisher_tile());
     }
     let cpu = Cpu::new();
     let mut f = cpu.fisher(&cpu.upload_matrix("G", m, p, &old).unwrap()).unwrap();
-    cpu.fisher_accumulate(&mut f, &cpu.upload_matrix("G", m, p, &new).unwrap(), 0.5, false).unwrap();
+    cpu.fisher_accumulate(&mut f, &cpu.upload_matrix("G", m, p, &new).unwrap(), 0.5, false)
+        .unwrap();
     assert!(reference::rel_error(&cpu.download_matrix(&f).unwrap(), &expected) < TOL);
 }
 

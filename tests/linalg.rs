@@ -30,17 +30,26 @@ fn check_ops<B: Backend>(b: &B, n: usize, seed: u64) {
     let dot = b.dot(&dx, &dy).unwrap() as f64;
     let exact: f64 = x64.iter().zip(&y64).map(|(a, b)| a * b).sum();
     let scale: f64 = x64.iter().zip(&y64).map(|(a, b)| (a * b).abs()).sum();
-    assert!((dot - exact).abs() <= 1e-5 * scale, "{name}: dot n={n}: {dot} vs {exact}");
+    assert!(
+        (dot - exact).abs() <= 1e-5 * scale,
+        "{name}: dot n={n}: {dot} vs {exact}"
+    );
 
     let mut dy = b.upload_vector("y", &y).unwrap();
     b.axpy(-1.5, &dx, &mut dy).unwrap();
     let expected: Vec<f64> = x64.iter().zip(&y64).map(|(x, y)| y - 1.5 * x).collect();
-    assert!(reference::rel_error(&b.download_vector(&dy).unwrap(), &expected) < 1e-6, "{name}: axpy n={n}");
+    assert!(
+        reference::rel_error(&b.download_vector(&dy).unwrap(), &expected) < 1e-6,
+        "{name}: axpy n={n}"
+    );
 
     let mut dy = b.upload_vector("y", &y).unwrap();
     b.xpby(&dx, 0.25, &mut dy).unwrap();
     let expected: Vec<f64> = x64.iter().zip(&y64).map(|(x, y)| x + 0.25 * y).collect();
-    assert!(reference::rel_error(&b.download_vector(&dy).unwrap(), &expected) < 1e-6, "{name}: xpby n={n}");
+    assert!(
+        reference::rel_error(&b.download_vector(&dy).unwrap(), &expected) < 1e-6,
+        "{name}: xpby n={n}"
+    );
 }
 
 #[test]

@@ -7,21 +7,30 @@ fn variants(kernel: &str) -> Vec<Variant> {
     let reductions = [false, true].map(|on| Variant::default().define("SUBGROUPS", on));
     match kernel {
         "fisher" => [1, 2].map(|nb| Variant::default().with_u32("NB", nb)).to_vec(),
-        "cg" => reductions.map(|v| v.with_f32("BREAKDOWN_RATIO", natgrad::solve::BREAKDOWN_RATIO)).to_vec(),
+        "cg" => reductions
+            .map(|v| v.with_f32("BREAKDOWN_RATIO", natgrad::solve::BREAKDOWN_RATIO))
+            .to_vec(),
         _ => reductions.to_vec(),
     }
 }
 
 fn validate(name: &str, source: &str, subgroups: bool) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    let caps = if subgroups { naga::valid::Capabilities::SUBGROUP } else { naga::valid::Capabilities::empty() };
+    let caps = if subgroups {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::empty()
+    };
     let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
     if subgroups {
         validator
             .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
             .subgroup_operations(naga::valid::SubgroupOperationSet::all());
     }
-    validator.validate(&module).map(|_| ()).map_err(|e| format!("{name}: {}", e.emit_to_string(source)))
+    validator
+        .validate(&module)
+        .map(|_| ())
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))
 }
 
 #[test]
@@ -39,12 +48,17 @@ fn every_kernel_variant_validates() {
 #[test]
 fn subgroup_variants_need_the_subgroup_capability() {
     let source = shader::source("linalg", &Variant::default().define("SUBGROUPS", true)).unwrap();
-    assert!(validate("linalg", &source, false).is_err(), "validation without SUBGROUP must reject subgroup operations");
+    assert!(
+        validate("linalg", &source, false).is_err(),
+        "validation without SUBGROUP must reject subgroup operations"
+    );
 }
 
 #[test]
 fn validation_rejects_a_broken_shader() {
-    let source = shader::source("linalg", &Variant::default()).unwrap().replace("dot(x[i], y[i])", "dot(x[i], 1u)");
+    let source = shader::source("linalg", &Variant::default())
+        .unwrap()
+        .replace("dot(x[i], y[i])", "dot(x[i], 1u)");
     assert!(validate("broken", &source, false).is_err());
 }
 

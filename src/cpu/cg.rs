@@ -5,6 +5,12 @@ use super::CpuMatrix;
 use super::linalg::{axpy, dot, xpby};
 use crate::solve::{BREAKDOWN_RATIO, CgOutcome, CgParams, CgReport};
 
+/// False when a step along the direction would divide by a (numerically) zero, negative or NaN
+/// curvature: its Rayleigh quotient is not above [`BREAKDOWN_RATIO`] of the largest seen (`mu`).
+fn curvature_ok(rayleigh: f64, mu: f64) -> bool {
+    rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)
+}
+
 /// Solves `(A + λI) d = g` for a square A (shapes checked), starting from `d` and leaving the
 /// solution there.
 pub fn solve(a: &CpuMatrix, damping: f32, g: &[f32], d: &mut [f32], params: &CgParams) -> CgReport {
@@ -29,7 +35,7 @@ pub fn solve(a: &CpuMatrix, damping: f32, g: &[f32], d: &mut [f32], params: &CgP
         a.matvec(damping, &s, &mut q);
         let sq = dot(&s, &q);
         let rayleigh = sq / dot(&s, &s);
-        if !(rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)) {
+        if !curvature_ok(rayleigh, mu) {
             break CgOutcome::Breakdown;
         }
         mu = mu.max(rayleigh);
@@ -49,5 +55,9 @@ pub fn solve(a: &CpuMatrix, damping: f32, g: &[f32], d: &mut [f32], params: &CgP
         let true_rr: f64 = g.iter().zip(&q).map(|(gi, qi)| ((gi - qi) as f64).powi(2)).sum();
         (true_rr / gg).sqrt() as f32
     };
-    CgReport { iterations, rel_residual, outcome }
+    CgReport {
+        iterations,
+        rel_residual,
+        outcome,
+    }
 }

@@ -22,6 +22,13 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw pointer.
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `F ← (accumulate ? F : 0) + scale · GᵀG` on the upper triangle (j ≥ i) of `F: p×p`, for
 /// `G: m×p`, both row-major. Elements below the diagonal are unspecified.
 pub fn syrk(g: &[f32], m: usize, p: usize, scale: f32, accumulate: bool, f: &mut [f32]) {
@@ -33,7 +40,6 @@ pub fn syrk(g: &[f32], m: usize, p: usize, scale: f32, accumulate: bool, f: &mut
     let out = SharedMut(f.as_mut_ptr());
     tiles.par_iter().for_each(|&(i0, j0)| {
         let (rows, cols) = (b.min(p - i0), b.min(p - j0));
-        let out = out;
         // SAFETY: the tile F[i0.., j0..] (rows × cols) lies inside F, and lhs/rhs address
         // columns i0.. and j0.. of G over its m rows. No other task touches this tile.
         unsafe {
@@ -41,7 +47,7 @@ pub fn syrk(g: &[f32], m: usize, p: usize, scale: f32, accumulate: bool, f: &mut
                 rows,
                 cols,
                 m,
-                out.0.add(i0 * p + j0),
+                out.ptr().add(i0 * p + j0),
                 1,
                 p as isize,
                 accumulate,

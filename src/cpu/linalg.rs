@@ -112,7 +112,9 @@ pub fn matvec(a: &[f32], damping: f32, x: &[f32], y: &mut [f32]) {
         rows_times_best(a, x, y);
     } else {
         let chunk = n.div_ceil(4 * rayon::current_num_threads()).max(16);
-        y.par_chunks_mut(chunk).zip(a.par_chunks(chunk * n)).for_each(|(yc, ac)| rows_times_best(ac, x, yc));
+        y.par_chunks_mut(chunk)
+            .zip(a.par_chunks(chunk * n))
+            .for_each(|(yc, ac)| rows_times_best(ac, x, yc));
     }
     if damping != 0.0 {
         axpy(damping, x, y);

@@ -77,7 +77,12 @@ impl Backend for Cpu {
 
     fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<CpuMatrix> {
         backend::check_upload(what, rows, cols, data)?;
-        Ok(CpuMatrix { rows, cols, data: data.to_vec(), layout: Layout::General })
+        Ok(CpuMatrix {
+            rows,
+            cols,
+            data: data.to_vec(),
+            layout: Layout::General,
+        })
     }
 
     fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<Vec<f32>> {
@@ -92,8 +97,15 @@ impl Backend for Cpu {
         if rows == 0 || cols == 0 {
             return Err(Error::Empty(what));
         }
-        let len = rows.checked_mul(cols).ok_or_else(|| Error::Shape(format!("{what}: {rows}×{cols} overflows")))?;
-        Ok(CpuMatrix { rows, cols, data: vec![0.0; len], layout: Layout::General })
+        let len = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::Shape(format!("{what}: {rows}×{cols} overflows")))?;
+        Ok(CpuMatrix {
+            rows,
+            cols,
+            data: vec![0.0; len],
+            layout: Layout::General,
+        })
     }
 
     fn zeros_vector(&self, what: &'static str, len: usize) -> Result<Vec<f32>> {

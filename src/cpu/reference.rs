@@ -25,7 +25,9 @@ pub fn fisher(g: &[f32], m: usize, p: usize, scale: f64) -> Vec<f64> {
 /// `y = (A + λI) x` in f64, A `n×n` row-major.
 pub fn matvec(a: &[f64], damping: f64, x: &[f64]) -> Vec<f64> {
     let n = x.len();
-    (0..n).map(|i| a[i * n..(i + 1) * n].iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + damping * x[i]).collect()
+    (0..n)
+        .map(|i| a[i * n..(i + 1) * n].iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + damping * x[i])
+        .collect()
 }
 
 /// Solves `(A + λI) d = g` by Cholesky in f64; `None` when `A + λI` is not positive definite.

@@ -62,12 +62,21 @@ impl GpuContext {
         bytes: u64,
         extra: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer> {
-        let too_large = |limit_name, limit| Error::TooLarge { buffer: what, shape: shape.to_owned(), bytes, limit_name, limit };
+        let too_large = |limit_name, limit| Error::TooLarge {
+            buffer: what,
+            shape: shape.to_owned(),
+            bytes,
+            limit_name,
+            limit,
+        };
         if bytes > self.limits.max_buffer_size {
             return Err(too_large("max_buffer_size", self.limits.max_buffer_size));
         }
         if bytes > self.limits.max_storage_buffer_binding_size {
-            return Err(too_large("max_storage_buffer_binding_size", self.limits.max_storage_buffer_binding_size));
+            return Err(too_large(
+                "max_storage_buffer_binding_size",
+                self.limits.max_storage_buffer_binding_size,
+            ));
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -164,7 +173,11 @@ impl GpuContext {
     }
 
     /// Maps `staging` once `submission` is done (bounded wait) and returns its contents.
-    pub fn map_staging<T: bytemuck::Pod>(&self, staging: &wgpu::Buffer, submission: wgpu::SubmissionIndex) -> Result<Vec<T>> {
+    pub fn map_staging<T: bytemuck::Pod>(
+        &self,
+        staging: &wgpu::Buffer,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<Vec<T>> {
         let (sender, receiver) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = sender.send(r);
@@ -173,9 +186,15 @@ impl GpuContext {
         match receiver.try_recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Gpu(format!("mapping a read-back buffer: {e}"))),
-            Err(_) => return Err(Error::Gpu("a read-back buffer was not mapped after its submission finished".into())),
+            Err(_) => {
+                return Err(Error::Gpu(
+                    "a read-back buffer was not mapped after its submission finished".into(),
+                ));
+            }
         }
-        let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
         // copied into a Vec<T> so the result is aligned for T whatever the mapping's alignment
         let count = view.len() / size_of::<T>();
         let mut out = vec![T::zeroed(); count];

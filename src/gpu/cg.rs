@@ -46,6 +46,8 @@ const ARGS_BYTES: u64 = 6 * 4;
 
 pub struct CgKernels {
     layout: wgpu::BindGroupLayout,
+    /// linalg's matvec, shared: the first dispatch of every iteration
+    matvec: wgpu::ComputePipeline,
     init: wgpu::ComputePipeline,
     init_state: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
@@ -69,7 +71,7 @@ const BINDINGS: [(bool, bool); 10] = [
 ];
 
 impl CgKernels {
-    pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, variant: &Variant, linalg: &LinalgKernels) -> Result<Self> {
         let module = kernel::compile(ctx, "cg", variant)?;
         // One explicit layout for every entry point, so one bind group per parity serves them all.
         let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
@@ -90,7 +92,10 @@ impl CgKernels {
                 count: None,
             })
             .collect();
-        let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("cg"), entries: &entries });
+        let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("cg"),
+            entries: &entries,
+        });
         let pipeline_layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("cg"),
             bind_group_layouts: &[Some(&layout)],
@@ -104,6 +109,7 @@ impl CgKernels {
             direction: p("cg_direction")?,
             final_residual: p("cg_final_residual")?,
             final_state: p("cg_final_state")?,
+            matvec: linalg.matvec.clone(),
             layout,
         })
     }
@@ -112,7 +118,6 @@ impl CgKernels {
     pub fn solve(
         &self,
         ctx: &GpuContext,
-        linalg: &LinalgKernels,
         a: &GpuMatrix,
         damping: f32,
         g: &GpuVector,
@@ -122,29 +127,60 @@ impl CgKernels {
         let n4 = g.n4();
         let vec_groups = linalg::vector_groups(n4)?;
         let vector = |what| ctx.storage_buffer(what, "CG work vector", n4 as u64 * 16, wgpu::BufferUsages::empty());
-        let (r, s, q) = (vector("CG residual r")?, vector("CG direction s")?, vector("CG product q")?);
+        let (r, s, q) = (
+            vector("CG residual r")?,
+            vector("CG direction s")?,
+            vector("CG product q")?,
+        );
         let partial_bytes = LinalgKernels::matvec_partials_bytes(n4) + 2 * vec_groups as u64 * 4;
         let partial = ctx.storage_buffer("CG partial sums", "scratch", partial_bytes, wgpu::BufferUsages::empty())?;
         let small = |what, bytes, usage| ctx.storage_buffer(what, "CG state", bytes, usage);
-        let states = [small("CG state 0", STATE_BYTES, wgpu::BufferUsages::empty())?, small("CG state 1", STATE_BYTES, wgpu::BufferUsages::empty())?];
+        let states = [
+            small("CG state 0", STATE_BYTES, wgpu::BufferUsages::empty())?,
+            small("CG state 1", STATE_BYTES, wgpu::BufferUsages::empty())?,
+        ];
         let args = [
             small("CG dispatch sizes 0", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
             small("CG dispatch sizes 1", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
         ];
         let cg_params = ctx.uniform(
             "cg params",
-            &Params { n4, tol2: params.rel_tol * params.rel_tol, max_iters: params.max_iters as u32, vec_groups },
+            &Params {
+                n4,
+                tol2: params.rel_tol * params.rel_tol,
+                max_iters: params.max_iters as u32,
+                vec_groups,
+            },
         );
-        let mv_params = ctx.uniform("cg matvec params", &linalg::Params { n4, ld4: a.ld4(), alpha: damping, partials: 0 });
-        let mv_s = linalg.matvec_group(ctx, &mv_params, a, &s, &q, &partial);
-        let mv_d = linalg.matvec_group(ctx, &mv_params, a, &d.buffer, &q, &partial);
+        let mv_params = ctx.uniform(
+            "cg matvec params",
+            &linalg::Params {
+                n4,
+                ld4: a.ld4(),
+                alpha: damping,
+                partials: 0,
+            },
+        );
+        let mv_s = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &s, &q, &partial);
+        let mv_d = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &d.buffer, &q, &partial);
         // parity k: iteration k reads states[k], writes states[k ^ 1] and the next sizes args[k ^ 1]
         let groups = [0usize, 1].map(|k| {
             kernel::bind(
                 ctx,
                 &self.layout,
                 "cg",
-                &[&cg_params, &g.buffer, &d.buffer, &r, &s, &q, &partial, &states[k], &states[k ^ 1], &args[k ^ 1]],
+                &[
+                    &cg_params,
+                    &g.buffer,
+                    &d.buffer,
+                    &r,
+                    &s,
+                    &q,
+                    &partial,
+                    &states[k],
+                    &states[k ^ 1],
+                    &args[k ^ 1],
+                ],
             )
         });
         let (mv_x, mv_y) = kernel::grid(n4);
@@ -152,7 +188,7 @@ impl CgKernels {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&linalg.matvec);
+            pass.set_pipeline(&self.matvec);
             pass.set_bind_group(0, &mv_d, &[]);
             pass.dispatch_workgroups(mv_x, mv_y, 1);
             // the odd group writes states[0] and args[0], which iteration 0 reads
@@ -169,7 +205,7 @@ impl CgKernels {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 for i in k..k + block {
                     let parity = i % 2;
-                    pass.set_pipeline(&linalg.matvec);
+                    pass.set_pipeline(&self.matvec);
                     pass.set_bind_group(0, &mv_s, &[]);
                     pass.dispatch_workgroups_indirect(&args[parity], 0);
                     pass.set_bind_group(0, &groups[parity], &[]);
@@ -193,7 +229,7 @@ impl CgKernels {
         }
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&linalg.matvec);
+            pass.set_pipeline(&self.matvec);
             pass.set_bind_group(0, &mv_d, &[]);
             pass.dispatch_workgroups(mv_x, mv_y, 1);
             pass.set_bind_group(0, &groups[k % 2], &[]);
@@ -207,6 +243,10 @@ impl CgKernels {
         let state = ctx.map_staging::<State>(&staging, index)?[0];
         let outcome = CgOutcome::from_code(state.status)
             .ok_or_else(|| Error::Gpu(format!("CG ended in state {} (not a final state)", state.status)))?;
-        Ok(CgReport { iterations: state.iters as usize, rel_residual: state.rel_residual, outcome })
+        Ok(CgReport {
+            iterations: state.iters as usize,
+            rel_residual: state.rel_residual,
+            outcome,
+        })
     }
 }

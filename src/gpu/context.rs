@@ -89,7 +89,10 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
         .copied()
         .collect::<Vec<_>>()
         .join(" ");
-    format!("{} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, driver)
+    format!(
+        "{} ({:?}, {:?}, driver {})",
+        info.name, info.backend, info.device_type, driver
+    )
 }
 
 /// A device, its queue and what it may do: the one handle every GPU kernel records against.
@@ -130,8 +133,9 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-            Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() }
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::RequestDevice {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
         })?;
         let fault = Arc::new(Mutex::new(None));
         let sink = fault.clone();
@@ -143,7 +147,15 @@ impl GpuContext {
         device.set_device_lost_callback(move |reason, msg| {
             record_fault(&sink, Error::DeviceLost(format!("{reason:?}: {msg}")));
         });
-        Ok(Self { device, queue, info, limits, features, timeout: default_timeout(), fault })
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            timeout: default_timeout(),
+            fault,
+        })
     }
 
     /// Changes how long a wait may take before it fails.
@@ -208,7 +220,11 @@ fn record_fault(slot: &Mutex<Option<Error>>, e: Error) {
 
 /// wgpu's messages span several lines; the library's errors are one line each.
 fn first_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The error for "nothing matched", listing what there is.

@@ -28,7 +28,11 @@ pub struct FisherKernel {
 /// Register blocking for an adapter: 8×8 per invocation (128-wide tiles) on discrete GPUs, whose
 /// register files hold it and whose bandwidth needs the reuse; 4×4 (64-wide) elsewhere.
 pub fn default_blocking(info: &wgpu::AdapterInfo) -> u32 {
-    if info.device_type == wgpu::DeviceType::DiscreteGpu { 2 } else { 1 }
+    if info.device_type == wgpu::DeviceType::DiscreteGpu {
+        2
+    } else {
+        1
+    }
 }
 
 /// Workgroup memory the kernel stages G through, in bytes (two operands, 1024 floats each).
@@ -37,12 +41,19 @@ const STAGE_BYTES: u32 = 2 * 1024 * 4;
 impl FisherKernel {
     pub fn new(ctx: &GpuContext, nb: u32) -> Result<Self> {
         if !matches!(nb, 1 | 2) {
-            return Err(Error::InvalidArgument { name: "Fisher register blocking", reason: format!("{nb} (use 1 or 2)") });
+            return Err(Error::InvalidArgument {
+                name: "Fisher register blocking",
+                reason: format!("{nb} (use 1 or 2)"),
+            });
         }
-        if ctx.limits.max_compute_workgroup_storage_size < STAGE_BYTES || ctx.limits.max_compute_invocations_per_workgroup < 256 {
+        if ctx.limits.max_compute_workgroup_storage_size < STAGE_BYTES
+            || ctx.limits.max_compute_invocations_per_workgroup < 256
+        {
             return Err(Error::Gpu(format!(
                 "adapter {} allows {} bytes of workgroup memory and {} invocations per workgroup; the Fisher kernel needs {STAGE_BYTES} and 256",
-                ctx.info.name, ctx.limits.max_compute_workgroup_storage_size, ctx.limits.max_compute_invocations_per_workgroup
+                ctx.info.name,
+                ctx.limits.max_compute_workgroup_storage_size,
+                ctx.limits.max_compute_invocations_per_workgroup
             )));
         }
         let module = kernel::compile(ctx, "fisher", &Variant::default().with_u32("NB", nb))?;
@@ -87,7 +98,10 @@ impl FisherKernel {
         let uniform = ctx.uniform("fisher params", &params);
         let layout = self.pipeline.get_bind_group_layout(0);
         let group = kernel::bind(ctx, &layout, "fisher", &[&uniform, &g.buffer, &f.buffer]);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fisher"), timestamp_writes: None });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("fisher"),
+            timestamp_writes: None,
+        });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &group, &[]);
         pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);

@@ -45,7 +45,13 @@ impl LinalgKernels {
     pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
         let module = kernel::compile(ctx, "linalg", variant)?;
         let p = |entry| kernel::pipeline(ctx, &module, entry, None);
-        Ok(Self { matvec: p("matvec")?, dot_partial: p("dot_partial")?, dot_final: p("dot_final")?, axpy: p("axpy")?, xpby: p("xpby")? })
+        Ok(Self {
+            matvec: p("matvec")?,
+            dot_partial: p("dot_partial")?,
+            dot_final: p("dot_final")?,
+            axpy: p("axpy")?,
+            xpby: p("xpby")?,
+        })
     }
 
     /// Bytes of scratch the matvec writes its per-block partial sums to.
@@ -53,9 +59,9 @@ impl LinalgKernels {
         2 * n4 as u64 * 4
     }
 
-    /// The matvec's bind group: y = (A + λI) x, partial sums into `partials`.
+    /// A bind group for the matvec `pipeline`: y = (A + λI) x, partial sums into `partials`.
     pub(crate) fn matvec_group(
-        &self,
+        pipeline: &wgpu::ComputePipeline,
         ctx: &GpuContext,
         params: &wgpu::Buffer,
         a: &GpuMatrix,
@@ -63,7 +69,12 @@ impl LinalgKernels {
         y: &wgpu::Buffer,
         partials: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        kernel::bind(ctx, &self.matvec.get_bind_group_layout(0), "matvec", &[params, &a.buffer, x, y, partials])
+        kernel::bind(
+            ctx,
+            &pipeline.get_bind_group_layout(0),
+            "matvec",
+            &[params, &a.buffer, x, y, partials],
+        )
     }
 
     /// Records y = (A + λI) x (shapes already checked).
@@ -77,9 +88,22 @@ impl LinalgKernels {
         y: &GpuVector,
     ) -> Result<()> {
         let n4 = x.n4();
-        let params = ctx.uniform("matvec params", &Params { n4, ld4: a.ld4(), alpha: damping, partials: 0 });
-        let partials = ctx.storage_buffer("matvec partial sums", "scratch", Self::matvec_partials_bytes(n4), wgpu::BufferUsages::empty())?;
-        let group = self.matvec_group(ctx, &params, a, &x.buffer, &y.buffer, &partials);
+        let params = ctx.uniform(
+            "matvec params",
+            &Params {
+                n4,
+                ld4: a.ld4(),
+                alpha: damping,
+                partials: 0,
+            },
+        );
+        let partials = ctx.storage_buffer(
+            "matvec partial sums",
+            "scratch",
+            Self::matvec_partials_bytes(n4),
+            wgpu::BufferUsages::empty(),
+        )?;
+        let group = Self::matvec_group(&self.matvec, ctx, &params, a, &x.buffer, &y.buffer, &partials);
         let (gx, gy) = kernel::grid(n4);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&self.matvec);
@@ -92,15 +116,33 @@ impl LinalgKernels {
     pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<f32> {
         let n4 = x.n4();
         let groups = vector_groups(n4)?;
-        let partial = ctx.storage_buffer("dot partial sums", "scratch", (groups as u64 + 1) * 4, wgpu::BufferUsages::empty())?;
-        let params = ctx.uniform("dot params", &Params { n4, ld4: 0, alpha: 0.0, partials: groups });
+        let partial = ctx.storage_buffer(
+            "dot partial sums",
+            "scratch",
+            (groups as u64 + 1) * 4,
+            wgpu::BufferUsages::empty(),
+        )?;
+        let params = ctx.uniform(
+            "dot params",
+            &Params {
+                n4,
+                ld4: 0,
+                alpha: 0.0,
+                partials: groups,
+            },
+        );
         let first = kernel::bind_some(
             ctx,
             &self.dot_partial.get_bind_group_layout(0),
             "dot",
             &[(0, &params), (2, &x.buffer), (3, &y.buffer), (4, &partial)],
         );
-        let second = kernel::bind_some(ctx, &self.dot_final.get_bind_group_layout(0), "dot final", &[(0, &params), (4, &partial)]);
+        let second = kernel::bind_some(
+            ctx,
+            &self.dot_final.get_bind_group_layout(0),
+            "dot final",
+            &[(0, &params), (4, &partial)],
+        );
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -129,8 +171,21 @@ impl LinalgKernels {
         let n4 = x.n4();
         let groups = vector_groups(n4)?;
         let pipeline = if beta_form { &self.xpby } else { &self.axpy };
-        let params = ctx.uniform("axpy params", &Params { n4, ld4: 0, alpha: coefficient, partials: 0 });
-        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "axpy", &[(0, &params), (2, &x.buffer), (3, &y.buffer)]);
+        let params = ctx.uniform(
+            "axpy params",
+            &Params {
+                n4,
+                ld4: 0,
+                alpha: coefficient,
+                partials: 0,
+            },
+        );
+        let group = kernel::bind_some(
+            ctx,
+            &pipeline.get_bind_group_layout(0),
+            "axpy",
+            &[(0, &params), (2, &x.buffer), (3, &y.buffer)],
+        );
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &group, &[]);

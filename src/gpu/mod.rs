@@ -30,7 +30,10 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { subgroups: true, fisher_blocking: None }
+        Self {
+            subgroups: true,
+            fisher_blocking: None,
+        }
     }
 }
 
@@ -56,11 +59,14 @@ impl Gpu {
             .define("SUBGROUPS", subgroups)
             .with_f32("BREAKDOWN_RATIO", solve::BREAKDOWN_RATIO);
         let linalg_variant = Variant::default().define("SUBGROUPS", subgroups);
-        let nb = options.fisher_blocking.unwrap_or_else(|| fisher::default_blocking(&ctx.info));
+        let nb = options
+            .fisher_blocking
+            .unwrap_or_else(|| fisher::default_blocking(&ctx.info));
+        let linalg = linalg::LinalgKernels::new(&ctx, &linalg_variant)?;
         Ok(Self {
             fisher: fisher::FisherKernel::new(&ctx, nb)?,
-            linalg: linalg::LinalgKernels::new(&ctx, &linalg_variant)?,
-            cg: cg::CgKernels::new(&ctx, &variant)?,
+            cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
+            linalg,
             subgroups,
             ctx,
         })
@@ -172,7 +178,7 @@ impl Backend for Gpu {
     ) -> Result<CgReport> {
         params.validate(damping)?;
         backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
-        self.cg.solve(&self.ctx, &self.linalg, a, damping, g, d, params)
+        self.cg.solve(&self.ctx, a, damping, g, d, params)
     }
 
     fn synchronize(&self) -> Result<()> {

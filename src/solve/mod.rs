@@ -45,7 +45,10 @@ pub struct CgParams {
 
 impl Default for CgParams {
     fn default() -> Self {
-        Self { max_iters: 100, rel_tol: 1e-4 }
+        Self {
+            max_iters: 100,
+            rel_tol: 1e-4,
+        }
     }
 }
 

@@ -37,8 +37,14 @@ pub fn gpu_variants() -> Vec<Gpu> {
     let mut all = Vec::new();
     for subgroups in [false, true] {
         for nb in [1, 2] {
-            let gpu = Gpu::with_context(context(), GpuOptions { subgroups, fisher_blocking: Some(nb) })
-                .expect("natgrad's kernels compile on this adapter");
+            let gpu = Gpu::with_context(
+                context(),
+                GpuOptions {
+                    subgroups,
+                    fisher_blocking: Some(nb),
+                },
+            )
+            .expect("natgrad's kernels compile on this adapter");
             if subgroups && !gpu.uses_subgroups() {
                 eprintln!("adapter has no subgroups: the subgroup variant is not run");
                 continue;
