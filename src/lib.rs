@@ -10,7 +10,9 @@ pub mod cpu;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod fisher;
 pub mod gpu;
+pub mod model;
 pub mod solve;
 
 pub use backend::Backend;

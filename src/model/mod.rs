@@ -1,0 +1,167 @@
+//! Multilayer perceptrons: the spec, the flat parameter layout every part of natgrad shares, and
+//! seeded initialisation.
+//!
+//! Parameter order (flat vectors, Fisher rows and columns, checkpoints): layers in order; for each
+//! layer its weight `[out, in]` row-major, then its bias `[out]`.
+
+pub mod activation;
+pub mod likelihood;
+pub mod reference;
+
+pub use activation::Activation;
+pub use likelihood::Likelihood;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+use crate::error::{Error, Result};
+
+/// What network to build.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpSpec {
+    /// Features per example.
+    pub inputs: usize,
+    /// Widths of the hidden layers; empty for a linear model.
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    pub likelihood: Likelihood,
+}
+
+/// One affine layer's place in the flat parameter vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub fan_in: usize,
+    pub fan_out: usize,
+    /// Offset of the weight `[fan_out, fan_in]`, row-major.
+    pub weight: usize,
+    /// Offset of the bias `[fan_out]`.
+    pub bias: usize,
+}
+
+impl Layer {
+    /// Parameters of this layer (weight and bias).
+    pub fn len(&self) -> usize {
+        self.fan_out * (self.fan_in + 1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An MLP with its parameter layout worked out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mlp {
+    spec: MlpSpec,
+    layers: Vec<Layer>,
+}
+
+impl Mlp {
+    /// Checks the spec and lays its parameters out.
+    pub fn new(spec: MlpSpec) -> Result<Self> {
+        let bad = |reason: String| Err(Error::InvalidArgument { name: "model", reason });
+        if spec.inputs == 0 {
+            return bad("a model needs at least one input feature".into());
+        }
+        if let Some(i) = spec.hidden.iter().position(|&w| w == 0) {
+            return bad(format!("hidden layer {} has width 0", i + 1));
+        }
+        match spec.likelihood {
+            Likelihood::Categorical { classes } if classes < 2 => {
+                return bad(format!("a categorical likelihood needs at least 2 classes, not {classes}"));
+            }
+            Likelihood::Gaussian { outputs: 0, .. } => return bad("a Gaussian likelihood needs at least one output".into()),
+            Likelihood::Gaussian { sigma, .. } if !(sigma.is_finite() && sigma > 0.0) => {
+                return bad(format!("the Gaussian σ must be positive, not {sigma}"));
+            }
+            _ => {}
+        }
+        let mut widths = vec![spec.inputs];
+        widths.extend(&spec.hidden);
+        widths.push(spec.likelihood.outputs());
+        let mut offset = 0;
+        let layers = widths
+            .windows(2)
+            .map(|w| {
+                let layer = Layer { fan_in: w[0], fan_out: w[1], weight: offset, bias: offset + w[0] * w[1] };
+                offset += layer.len();
+                layer
+            })
+            .collect();
+        Ok(Self { spec, layers })
+    }
+
+    pub fn spec(&self) -> &MlpSpec {
+        &self.spec
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    pub fn likelihood(&self) -> &Likelihood {
+        &self.spec.likelihood
+    }
+
+    pub fn activation(&self) -> Activation {
+        self.spec.activation
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.spec.inputs
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.spec.likelihood.outputs()
+    }
+
+    /// Total parameters p.
+    pub fn num_params(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.bias + l.fan_out)
+    }
+
+    /// `[inputs, hidden…, outputs]`.
+    pub fn widths(&self) -> Vec<usize> {
+        std::iter::once(self.spec.inputs).chain(self.layers.iter().map(|l| l.fan_out)).collect()
+    }
+
+    /// Seeded initial parameters: normal weights with the activation's scale (He for relu and
+    /// gelu, Glorot for tanh and sigmoid; Glorot for the linear output layer), zero biases.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut theta = vec![0.0f32; self.num_params()];
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let std = if i == last {
+                (2.0 / (layer.fan_in + layer.fan_out) as f64).sqrt()
+            } else {
+                self.spec.activation.init_std(layer.fan_in, layer.fan_out)
+            };
+            let normal = Normal::new(0.0, std).expect("a positive, finite standard deviation");
+            for w in &mut theta[layer.weight..layer.bias] {
+                *w = normal.sample(&mut rng) as f32;
+            }
+        }
+        theta
+    }
+
+    /// 1 for every weight, 0 for every bias: where weight decay applies.
+    pub fn weight_mask(&self) -> Vec<f32> {
+        let mut mask = vec![0.0f32; self.num_params()];
+        for layer in &self.layers {
+            mask[layer.weight..layer.bias].fill(1.0);
+        }
+        mask
+    }
+
+    /// Checks a parameter vector's length.
+    pub fn check_params(&self, theta_len: usize) -> Result<()> {
+        if theta_len != self.num_params() {
+            return Err(Error::Shape(format!(
+                "parameter vector has {theta_len} values but the model has {} parameters",
+                self.num_params()
+            )));
+        }
+        Ok(())
+    }
+}
