@@ -14,8 +14,8 @@ struct Params {
     ld4: u32,
     // matvec: damping λ; axpy: α; xpby: β
     alpha: f32,
-    // dot: partial sums to add in the second pass
-    partials: u32,
+    // dot_final: partial sums to add; add_diagonal: the matrix's order n
+    count: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -73,12 +73,12 @@ fn dot_partial(ids: Ids) {
 @compute @workgroup_size(WG)
 fn dot_final(ids: Ids) {
     var v = 0.0;
-    for (var i = ids.lid; i < params.partials; i += WG) {
+    for (var i = ids.lid; i < params.count; i += WG) {
         v += partial[i];
     }
     let s = workgroup_sum(v, ids);
     if ids.lid == 0u {
-        partial[params.partials] = s;
+        partial[params.count] = s;
     }
 }
 
@@ -97,5 +97,14 @@ fn xpby(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if i < params.n4 {
         y[i] = fma(vec4<f32>(params.alpha), y[i], x[i]);
+    }
+}
+
+// A[i, i] += x[i] for the n×n matrix A (row stride ld4 vec4s); here A is bound as y.
+@compute @workgroup_size(WG)
+fn add_diagonal(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if i < params.count {
+        y[i * params.ld4 + i / 4u][i % 4u] += x[i / 4u][i % 4u];
     }
 }

@@ -5,8 +5,22 @@
 //! asynchronously: operations are queued in order, and only downloads (and [`Backend::dot`],
 //! [`Backend::cg_solve`]'s report, [`Backend::synchronize`]) wait for the device.
 
+use std::ops::Range;
+
 use crate::error::{Error, Result};
+use crate::fisher::{FisherKind, SampleKey};
+use crate::model::Mlp;
 use crate::solve::{CgParams, CgReport};
+
+/// Mean negative log-likelihood and accuracy over a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchLoss {
+    /// −(1/n) Σ log p(y_i | x_i, θ)
+    pub loss: f64,
+    /// Fraction predicted right (classification; 0 for regression).
+    pub accuracy: f64,
+    pub examples: usize,
+}
 
 /// A device that can build a Fisher matrix and solve with it.
 pub trait Backend {
@@ -14,6 +28,8 @@ pub trait Backend {
     type Matrix;
     /// A vector resident on the device.
     type Vector;
+    /// An MLP batch on the device: inputs, targets, and the forward pass's activations.
+    type Batch;
 
     /// What the device is, in one line (the adapter, or the CPU and its threads).
     fn describe(&self) -> String;
@@ -73,6 +89,54 @@ pub trait Backend {
 
     /// Waits until all queued work has finished (for timing).
     fn synchronize(&self) -> Result<()>;
+
+    /// `A_ii += d_i` for a square A.
+    fn add_diagonal(&self, a: &mut Self::Matrix, d: &Self::Vector) -> Result<()>;
+
+    /// The largest matrix the device holds in one piece, in bytes: G is built in chunks of rows
+    /// that fit it.
+    fn max_matrix_bytes(&self) -> u64;
+
+    // ---- models ----
+
+    /// Uploads a batch: `x` n × inputs, `targets` n × target width (class indices for
+    /// classification), both row-major; checked with [`Mlp::check_batch`].
+    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<Self::Batch>;
+
+    /// Examples in the batch.
+    fn batch_size(&self, batch: &Self::Batch) -> usize;
+
+    /// The forward pass at θ; the batch keeps every layer's pre-activations and activations, which
+    /// [`Backend::batch_loss`], [`Backend::gradient`] and [`Backend::score_rows`] use (with the same θ).
+    fn forward(&self, mlp: &Mlp, theta: &Self::Vector, batch: &mut Self::Batch) -> Result<()>;
+
+    /// Loss and accuracy of the last forward pass (waits for the device).
+    fn batch_loss(&self, mlp: &Mlp, batch: &Self::Batch) -> Result<BatchLoss>;
+
+    /// `g = ∇θ [−(1/n) Σ log p(y_i | x_i, θ) + (wd/2) Σ‖W‖²]` (weights only) at the last forward pass.
+    fn gradient(
+        &self,
+        mlp: &Mlp,
+        theta: &Self::Vector,
+        batch: &mut Self::Batch,
+        weight_decay: f32,
+        g: &mut Self::Vector,
+    ) -> Result<()>;
+
+    /// Rows `rows` of the score matrix G of Fisher `kind` (see [`crate::fisher`]) at the last
+    /// forward pass, into `out` (`rows.len() × p`). Row r belongs to example
+    /// `r / kind.rows_per_example`.
+    #[allow(clippy::too_many_arguments)]
+    fn score_rows(
+        &self,
+        mlp: &Mlp,
+        theta: &Self::Vector,
+        batch: &mut Self::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &mut Self::Matrix,
+    ) -> Result<()>;
 }
 
 /// Checks a host buffer against its stated shape before upload.
@@ -113,6 +177,32 @@ pub fn check_matvec(a: (usize, usize), x: usize, y: usize) -> Result<()> {
             "matrix is {}×{} but the vectors have {x} and {y} elements",
             a.0, a.1
         )));
+    }
+    Ok(())
+}
+
+/// Checks the arguments of `score_rows`.
+pub fn check_score_rows(mlp: &Mlp, n: usize, kind: FisherKind, rows: &Range<usize>, out: (usize, usize)) -> Result<()> {
+    let total = n * kind.rows_per_example(mlp.likelihood());
+    if rows.start >= rows.end || rows.end > total {
+        return Err(Error::Shape(format!(
+            "score rows {rows:?} outside the batch's {total} rows of G"
+        )));
+    }
+    if out != (rows.len(), mlp.num_params()) {
+        return Err(Error::Shape(format!(
+            "score rows {rows:?} need a {}×{} matrix, not {}×{}",
+            rows.len(),
+            mlp.num_params(),
+            out.0,
+            out.1
+        )));
+    }
+    if let FisherKind::Sampled { draws: 0 } = kind {
+        return Err(Error::InvalidArgument {
+            name: "sampled Fisher draws",
+            reason: "need at least 1".into(),
+        });
     }
     Ok(())
 }

@@ -3,42 +3,27 @@
 
 mod common;
 
-use common::{normal, rng};
+use common::{batch, likelihoods, params};
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec, reference};
-
-pub fn likelihoods() -> [Likelihood; 3] {
-    [Likelihood::Categorical { classes: 3 }, Likelihood::Bernoulli, Likelihood::Gaussian { outputs: 2, sigma: 0.7 }]
-}
-
-/// Inputs and targets for `n` examples; targets valid for the likelihood.
-pub fn batch(mlp: &Mlp, n: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
-    let mut r = rng(seed);
-    let xs = normal(&mut r, n * mlp.inputs());
-    let ys = match *mlp.likelihood() {
-        Likelihood::Categorical { classes } => (0..n).map(|i| ((i * 7 + seed as usize) % classes) as f32).collect(),
-        Likelihood::Bernoulli => (0..n).map(|i| ((i + seed as usize) % 2) as f32).collect(),
-        Likelihood::Gaussian { outputs, .. } => normal(&mut r, n * outputs),
-    };
-    (xs, ys)
-}
 
 fn models() -> Vec<Mlp> {
     let mut all = Vec::new();
     for activation in Activation::ALL {
         for likelihood in likelihoods() {
             for hidden in [vec![], vec![5], vec![4, 3]] {
-                all.push(Mlp::new(MlpSpec { inputs: 3, hidden, activation, likelihood }).unwrap());
+                all.push(
+                    Mlp::new(MlpSpec {
+                        inputs: 3,
+                        hidden,
+                        activation,
+                        likelihood,
+                    })
+                    .unwrap(),
+                );
             }
         }
     }
     all
-}
-
-/// Parameters off the initialisation: random biases keep every pre-activation away from relu's
-/// kink at exactly 0, where a finite difference would see half a slope.
-pub fn params(mlp: &Mlp, seed: u64) -> Vec<f32> {
-    let noise = normal(&mut rng(seed + 1000), mlp.num_params());
-    mlp.init(seed).iter().zip(noise).map(|(w, e)| w + 0.1 * e).collect()
 }
 
 fn f64s(v: &[f32]) -> Vec<f64> {
@@ -62,7 +47,12 @@ fn numeric_gradient(theta: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
-    assert!(num.sqrt() <= 1e-6 * den.sqrt().max(1e-3), "{what}: error {:.2e} of {:.2e}", num.sqrt(), den.sqrt());
+    assert!(
+        num.sqrt() <= 1e-6 * den.sqrt().max(1e-3),
+        "{what}: error {:.2e} of {:.2e}",
+        num.sqrt(),
+        den.sqrt()
+    );
 }
 
 #[test]
@@ -110,5 +100,9 @@ fn weight_decay_touches_weights_only() {
         let expected = plain[i] + 0.5 * *m as f64 * theta[i];
         assert!((decayed[i] - expected).abs() < 1e-12, "parameter {i}");
     }
-    assert_eq!(mlp.weight_mask().iter().filter(|&&m| m == 0.0).count(), 3 + 1, "one bias per unit");
+    assert_eq!(
+        mlp.weight_mask().iter().filter(|&&m| m == 0.0).count(),
+        3 + 1,
+        "one bias per unit"
+    );
 }

@@ -4,11 +4,20 @@
 pub mod cg;
 pub mod fisher;
 pub mod linalg;
+pub mod mlp;
 pub mod reference;
 
-use crate::backend::{self, Backend};
+use std::ops::Range;
+
+use crate::backend::{self, Backend, BatchLoss};
 use crate::error::{Error, Result};
+use crate::fisher::{FisherKind, SampleKey};
+use crate::model::Mlp;
 use crate::solve::{CgParams, CgReport};
+
+/// The most a G chunk takes on the CPU: large enough that chunking costs nothing, small enough
+/// to leave memory for F.
+const MAX_MATRIX_BYTES: u64 = 256 << 20;
 
 /// How a [`CpuMatrix`]'s elements are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +75,7 @@ fn simd_level() -> &'static str {
 impl Backend for Cpu {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
+    type Batch = mlp::CpuBatch;
 
     fn describe(&self) -> String {
         format!("CPU ({} threads, {})", rayon::current_num_threads(), simd_level())
@@ -181,5 +191,57 @@ impl Backend for Cpu {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn add_diagonal(&self, a: &mut CpuMatrix, d: &Vec<f32>) -> Result<()> {
+        backend::check_matvec((a.rows, a.cols), d.len(), d.len())?;
+        let n = a.cols;
+        d.iter().enumerate().for_each(|(i, v)| a.data[i * n + i] += v);
+        Ok(())
+    }
+
+    fn max_matrix_bytes(&self) -> u64 {
+        MAX_MATRIX_BYTES
+    }
+
+    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<mlp::CpuBatch> {
+        mlp::upload(mlp, x, targets)
+    }
+
+    fn batch_size(&self, batch: &mlp::CpuBatch) -> usize {
+        batch.len()
+    }
+
+    fn forward(&self, mlp: &Mlp, theta: &Vec<f32>, batch: &mut mlp::CpuBatch) -> Result<()> {
+        mlp::forward(mlp, theta, batch)
+    }
+
+    fn batch_loss(&self, mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<BatchLoss> {
+        Ok(mlp::batch_loss(mlp, batch))
+    }
+
+    fn gradient(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut mlp::CpuBatch,
+        weight_decay: f32,
+        g: &mut Vec<f32>,
+    ) -> Result<()> {
+        mlp::gradient(mlp, theta, batch, weight_decay, g)
+    }
+
+    fn score_rows(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut mlp::CpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &mut CpuMatrix,
+    ) -> Result<()> {
+        backend::check_score_rows(mlp, batch.len(), kind, &rows, (out.rows, out.cols))?;
+        mlp::score_rows(mlp, theta, batch, kind, key, rows, out)
     }
 }

@@ -10,8 +10,10 @@
 
 pub mod rng;
 
-use crate::model::Likelihood;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
 use crate::model::likelihood::softmax;
+use crate::model::{Likelihood, Mlp};
 
 /// Which Fisher to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +110,11 @@ pub fn output_seed(
                 }
                 Likelihood::Bernoulli => {
                     let q = crate::model::activation::sigmoid(z[0]);
-                    vec![if key.uniforms(example, row, 0, 1).0 < q { 1.0 } else { 0.0 }]
+                    vec![if key.uniforms(example, row, 0, 1).0 < q {
+                        1.0
+                    } else {
+                        0.0
+                    }]
                 }
                 Likelihood::Gaussian { sigma, outputs } => (0..outputs)
                     .map(|k| {
@@ -138,4 +144,59 @@ pub fn output_seed(
             }
         },
     }
+}
+
+/// Rows of G per chunk for p parameters: as many as one device matrix holds, at most `total`,
+/// and at most 65535 (one GPU dispatch dimension).
+pub fn chunk_rows<B: Backend>(b: &B, p: usize, total: usize) -> Result<usize> {
+    // a GPU matrix pads its rows to whole vec4s and its row count to a multiple of 4
+    let row_bytes = 4 * p.next_multiple_of(4) as u64;
+    let fit = ((b.max_matrix_bytes() / row_bytes) as usize).saturating_sub(4) / 4 * 4;
+    let fit = fit.min(65532);
+    if fit == 0 {
+        return Err(Error::TooLarge {
+            buffer: "one row of the score matrix G",
+            shape: format!("1×{p} f32"),
+            bytes: 4 * p as u64,
+            limit_name: "largest matrix the device holds",
+            limit: b.max_matrix_bytes(),
+        });
+    }
+    Ok(fit.min(total))
+}
+
+/// `F = (1/n) GᵀG` for the batch's n examples at the last forward pass, with G of `kind` made
+/// and consumed chunk by chunk so it never has to fit the device whole; then `wd` added to the
+/// diagonal entries of the weights (weight decay's curvature).
+#[allow(clippy::too_many_arguments)]
+pub fn build<B: Backend>(
+    b: &B,
+    mlp: &Mlp,
+    theta: &B::Vector,
+    batch: &mut B::Batch,
+    kind: FisherKind,
+    key: SampleKey,
+    weight_decay: f32,
+    f: &mut B::Matrix,
+) -> Result<()> {
+    let p = mlp.num_params();
+    let n = b.batch_size(batch);
+    let total = n * kind.rows_per_example(mlp.likelihood());
+    let chunk = chunk_rows(b, p, total)?;
+    let mut g = b.zeros_matrix("score rows G (one chunk)", chunk, p)?;
+    let mut start = 0;
+    while start < total {
+        let end = (start + chunk).min(total);
+        if end - start != chunk {
+            g = b.zeros_matrix("score rows G (last chunk)", end - start, p)?;
+        }
+        b.score_rows(mlp, theta, batch, kind, key, start..end, &mut g)?;
+        b.fisher_accumulate(f, &g, 1.0 / n as f32, start > 0)?;
+        start = end;
+    }
+    if weight_decay != 0.0 {
+        let decay: Vec<f32> = mlp.weight_mask().iter().map(|m| m * weight_decay).collect();
+        b.add_diagonal(f, &b.upload_vector("weight decay diagonal", &decay)?)?;
+    }
+    Ok(())
 }

@@ -158,7 +158,7 @@ impl CgKernels {
                 n4,
                 ld4: a.ld4(),
                 alpha: damping,
-                partials: 0,
+                count: 0,
             },
         );
         let mv_s = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &s, &q, &partial);

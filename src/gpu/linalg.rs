@@ -15,7 +15,7 @@ pub(crate) struct Params {
     pub n4: u32,
     pub ld4: u32,
     pub alpha: f32,
-    pub partials: u32,
+    pub count: u32,
 }
 
 pub struct LinalgKernels {
@@ -24,6 +24,7 @@ pub struct LinalgKernels {
     dot_final: wgpu::ComputePipeline,
     axpy: wgpu::ComputePipeline,
     xpby: wgpu::ComputePipeline,
+    add_diagonal: wgpu::ComputePipeline,
 }
 
 /// Workgroups of a one-vec4-per-invocation kernel over `n4` vec4s; errors past the 1-D limit.
@@ -51,6 +52,7 @@ impl LinalgKernels {
             dot_final: p("dot_final")?,
             axpy: p("axpy")?,
             xpby: p("xpby")?,
+            add_diagonal: p("add_diagonal")?,
         })
     }
 
@@ -94,7 +96,7 @@ impl LinalgKernels {
                 n4,
                 ld4: a.ld4(),
                 alpha: damping,
-                partials: 0,
+                count: 0,
             },
         );
         let partials = ctx.storage_buffer(
@@ -128,7 +130,7 @@ impl LinalgKernels {
                 n4,
                 ld4: 0,
                 alpha: 0.0,
-                partials: groups,
+                count: groups,
             },
         );
         let first = kernel::bind_some(
@@ -158,6 +160,39 @@ impl LinalgKernels {
         Ok(ctx.map_staging::<f32>(&staging, index)?[0])
     }
 
+    /// Records A_ii += d_i (shapes already checked).
+    pub fn record_add_diagonal(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &GpuMatrix,
+        d: &GpuVector,
+    ) -> Result<()> {
+        // one invocation per diagonal element
+        let groups = vector_groups(d.len as u32)?;
+        let params = ctx.uniform(
+            "add_diagonal params",
+            &Params {
+                n4: d.n4(),
+                ld4: a.ld4(),
+                alpha: 0.0,
+                count: d.len as u32,
+            },
+        );
+        let layout = self.add_diagonal.get_bind_group_layout(0);
+        let group = kernel::bind_some(
+            ctx,
+            &layout,
+            "add_diagonal",
+            &[(0, &params), (2, &d.buffer), (3, &a.buffer)],
+        );
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&self.add_diagonal);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+        Ok(())
+    }
+
     /// Records y ← y + α x (axpy) or y ← x + β y (xpby, `beta_form`).
     pub fn record_update(
         &self,
@@ -177,7 +212,7 @@ impl LinalgKernels {
                 n4,
                 ld4: 0,
                 alpha: coefficient,
-                partials: 0,
+                count: 0,
             },
         );
         let group = kernel::bind_some(

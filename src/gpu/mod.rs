@@ -9,13 +9,19 @@ pub mod context;
 pub mod fisher;
 pub mod kernel;
 pub mod linalg;
+pub mod matmul;
+pub mod mlp;
 pub mod shader;
 
 pub use buffer::{GpuMatrix, GpuVector};
 pub use context::GpuContext;
 
-use crate::backend::{self, Backend};
+use std::ops::Range;
+
+use crate::backend::{self, Backend, BatchLoss};
 use crate::error::{Error, Result};
+use crate::fisher::{FisherKind, SampleKey};
+use crate::model::Mlp;
 use crate::solve::{self, CgParams, CgReport};
 use shader::Variant;
 
@@ -43,6 +49,7 @@ pub struct Gpu {
     fisher: fisher::FisherKernel,
     linalg: linalg::LinalgKernels,
     cg: cg::CgKernels,
+    mlp: mlp::MlpKernels,
     subgroups: bool,
 }
 
@@ -66,6 +73,7 @@ impl Gpu {
         Ok(Self {
             fisher: fisher::FisherKernel::new(&ctx, nb)?,
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
+            mlp: mlp::MlpKernels::new(&ctx, &linalg_variant)?,
             linalg,
             subgroups,
             ctx,
@@ -97,6 +105,7 @@ impl Gpu {
 impl Backend for Gpu {
     type Matrix = GpuMatrix;
     type Vector = GpuVector;
+    type Batch = mlp::GpuBatch;
 
     fn describe(&self) -> String {
         context::describe(&self.ctx.info)
@@ -184,5 +193,58 @@ impl Backend for Gpu {
     fn synchronize(&self) -> Result<()> {
         let index = self.ctx.queue.submit([]);
         self.ctx.wait(index)
+    }
+
+    fn add_diagonal(&self, a: &mut GpuMatrix, d: &GpuVector) -> Result<()> {
+        backend::check_matvec((a.rows, a.cols), d.len, d.len)?;
+        self.submit(|encoder| self.linalg.record_add_diagonal(&self.ctx, encoder, a, d))
+    }
+
+    fn max_matrix_bytes(&self) -> u64 {
+        self.ctx
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.ctx.limits.max_buffer_size)
+    }
+
+    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<mlp::GpuBatch> {
+        self.mlp.upload(&self.ctx, mlp, x, targets)
+    }
+
+    fn batch_size(&self, batch: &mlp::GpuBatch) -> usize {
+        mlp::MlpKernels::batch_size(batch)
+    }
+
+    fn forward(&self, mlp: &Mlp, theta: &GpuVector, batch: &mut mlp::GpuBatch) -> Result<()> {
+        self.mlp.forward(&self.ctx, mlp, theta, batch)
+    }
+
+    fn batch_loss(&self, mlp: &Mlp, batch: &mlp::GpuBatch) -> Result<BatchLoss> {
+        self.mlp.batch_loss(&self.ctx, mlp, batch)
+    }
+
+    fn gradient(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut mlp::GpuBatch,
+        weight_decay: f32,
+        g: &mut GpuVector,
+    ) -> Result<()> {
+        self.mlp.gradient(&self.ctx, mlp, theta, batch, weight_decay, g)
+    }
+
+    fn score_rows(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut mlp::GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &mut GpuMatrix,
+    ) -> Result<()> {
+        backend::check_score_rows(mlp, self.batch_size(batch), kind, &rows, (out.rows, out.cols))?;
+        self.mlp.score_rows(&self.ctx, mlp, theta, batch, kind, key, rows, out)
     }
 }

@@ -12,10 +12,15 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("fisher", include_str!("../../shaders/fisher.wgsl")),
     ("linalg", include_str!("../../shaders/linalg.wgsl")),
     ("cg", include_str!("../../shaders/cg.wgsl")),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("mlp", include_str!("../../shaders/mlp.wgsl")),
 ];
 
 /// Files under `shaders/shared/`, available to `#import`.
-const SHARED: &[(&str, &str)] = &[("reduce", include_str!("../../shaders/shared/reduce.wgsl"))];
+const SHARED: &[(&str, &str)] = &[
+    ("reduce", include_str!("../../shaders/shared/reduce.wgsl")),
+    ("rng", include_str!("../../shaders/shared/rng.wgsl")),
+];
 
 /// One specialisation of a kernel: which `#ifdef` names are defined and which `u32` constants
 /// are overridden.

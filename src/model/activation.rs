@@ -14,7 +14,12 @@ const GELU_C: f64 = 0.797_884_560_802_865_4; // √(2/π)
 const GELU_A: f64 = 0.044715;
 
 impl Activation {
-    pub const ALL: [Activation; 4] = [Activation::Tanh, Activation::Relu, Activation::Sigmoid, Activation::Gelu];
+    pub const ALL: [Activation; 4] = [
+        Activation::Tanh,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Gelu,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -106,7 +106,10 @@ impl Likelihood {
         match *self {
             Likelihood::Categorical { .. } => {
                 let (p, lse, lse2) = (softmax(z), log_sum_exp(z), log_sum_exp(z2));
-                p.iter().enumerate().map(|(c, pc)| pc * ((z[c] - lse) - (z2[c] - lse2))).sum()
+                p.iter()
+                    .enumerate()
+                    .map(|(c, pc)| pc * ((z[c] - lse) - (z2[c] - lse2)))
+                    .sum()
             }
             Likelihood::Bernoulli => {
                 let q = sigmoid(z[0]);

@@ -68,9 +68,13 @@ impl Mlp {
         }
         match spec.likelihood {
             Likelihood::Categorical { classes } if classes < 2 => {
-                return bad(format!("a categorical likelihood needs at least 2 classes, not {classes}"));
+                return bad(format!(
+                    "a categorical likelihood needs at least 2 classes, not {classes}"
+                ));
             }
-            Likelihood::Gaussian { outputs: 0, .. } => return bad("a Gaussian likelihood needs at least one output".into()),
+            Likelihood::Gaussian { outputs: 0, .. } => {
+                return bad("a Gaussian likelihood needs at least one output".into());
+            }
             Likelihood::Gaussian { sigma, .. } if !(sigma.is_finite() && sigma > 0.0) => {
                 return bad(format!("the Gaussian σ must be positive, not {sigma}"));
             }
@@ -83,7 +87,12 @@ impl Mlp {
         let layers = widths
             .windows(2)
             .map(|w| {
-                let layer = Layer { fan_in: w[0], fan_out: w[1], weight: offset, bias: offset + w[0] * w[1] };
+                let layer = Layer {
+                    fan_in: w[0],
+                    fan_out: w[1],
+                    weight: offset,
+                    bias: offset + w[0] * w[1],
+                };
                 offset += layer.len();
                 layer
             })
@@ -122,7 +131,9 @@ impl Mlp {
 
     /// `[inputs, hidden…, outputs]`.
     pub fn widths(&self) -> Vec<usize> {
-        std::iter::once(self.spec.inputs).chain(self.layers.iter().map(|l| l.fan_out)).collect()
+        std::iter::once(self.spec.inputs)
+            .chain(self.layers.iter().map(|l| l.fan_out))
+            .collect()
     }
 
     /// Seeded initial parameters: normal weights with the activation's scale (He for relu and
@@ -152,6 +163,55 @@ impl Mlp {
             mask[layer.weight..layer.bias].fill(1.0);
         }
         mask
+    }
+
+    /// Checks a batch (`x` n × inputs, `targets` n × target width) and returns n: shapes, finite
+    /// values, and targets the likelihood can take (class indices 0..C, 0/1 for Bernoulli).
+    pub fn check_batch(&self, x: &[f32], targets: &[f32]) -> Result<usize> {
+        let (d, t) = (self.inputs(), self.likelihood().target_width());
+        if x.is_empty() {
+            return Err(Error::Empty("batch"));
+        }
+        if !x.len().is_multiple_of(d) {
+            return Err(Error::Shape(format!(
+                "{} input values are not whole rows of {d} features",
+                x.len()
+            )));
+        }
+        let n = x.len() / d;
+        if targets.len() != n * t {
+            return Err(Error::Shape(format!(
+                "{n} examples need {} targets, got {}",
+                n * t,
+                targets.len()
+            )));
+        }
+        crate::error::check_finite("inputs", d, x)?;
+        crate::error::check_finite("targets", t, targets)?;
+        let bad_label = |i: usize, v: f32, allowed: String| {
+            Err(Error::InvalidArgument {
+                name: "target",
+                reason: format!("example {i} has label {v}; {allowed}"),
+            })
+        };
+        match *self.likelihood() {
+            Likelihood::Categorical { classes } => {
+                if let Some((i, &v)) = targets
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| v.fract() != 0.0 || **v < 0.0 || **v >= classes as f32)
+                {
+                    return bad_label(i, v, format!("classes are 0..{}", classes - 1));
+                }
+            }
+            Likelihood::Bernoulli => {
+                if let Some((i, &v)) = targets.iter().enumerate().find(|(_, v)| **v != 0.0 && **v != 1.0) {
+                    return bad_label(i, v, "a Bernoulli target is 0 or 1".into());
+                }
+            }
+            Likelihood::Gaussian { .. } => {}
+        }
+        Ok(n)
     }
 
     /// Checks a parameter vector's length.

@@ -52,8 +52,9 @@ pub fn backprop(mlp: &Mlp, theta: &[f64], fwd: &Forward, delta_out: &[f64]) -> V
         if l > 0 {
             delta = (0..layer.fan_in)
                 .map(|j| {
-                    let back: f64 =
-                        (0..layer.fan_out).map(|o| delta[o] * theta[layer.weight + o * layer.fan_in + j]).sum();
+                    let back: f64 = (0..layer.fan_out)
+                        .map(|o| delta[o] * theta[layer.weight + o * layer.fan_in + j])
+                        .sum();
                     back * mlp.activation().derivative(fwd.z[l - 1][j])
                 })
                 .collect();
@@ -74,7 +75,7 @@ pub fn score(mlp: &Mlp, theta: &[f64], x: &[f64], y: &[f64]) -> Vec<f64> {
     backprop(mlp, theta, &fwd, &seed)
 }
 
-fn example<'a>(data: &'a [f32], width: usize, i: usize) -> Vec<f64> {
+fn example(data: &[f32], width: usize, i: usize) -> Vec<f64> {
     data[i * width..(i + 1) * width].iter().map(|&v| v as f64).collect()
 }
 
@@ -137,7 +138,11 @@ pub fn objective(mlp: &Mlp, theta: &[f64], xs: &[f32], ys: &[f32], weight_decay:
 pub fn gradient(mlp: &Mlp, theta: &[f64], xs: &[f32], ys: &[f32], weight_decay: f64) -> Vec<f64> {
     let (d, t) = (mlp.inputs(), mlp.likelihood().target_width());
     let n = xs.len() / d;
-    let mut g: Vec<f64> = theta.iter().zip(mlp.weight_mask()).map(|(w, m)| weight_decay * m as f64 * w).collect();
+    let mut g: Vec<f64> = theta
+        .iter()
+        .zip(mlp.weight_mask())
+        .map(|(w, m)| weight_decay * m as f64 * w)
+        .collect();
     for i in 0..n {
         let s = score(mlp, theta, &example(xs, d, i), &example(ys, t, i));
         g.iter_mut().zip(s).for_each(|(gi, si)| *gi -= si / n as f64);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use natgrad::gpu::{Gpu, GpuContext, GpuOptions};
+use natgrad::model::{Likelihood, Mlp};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -63,4 +64,31 @@ pub fn rel_diff(x: &[f32], y: &[f32]) -> f64 {
 /// True when the row-major `n×n` matrix equals its transpose bit for bit.
 pub fn exactly_symmetric(f: &[f32], n: usize) -> bool {
     (0..n).all(|i| (0..i).all(|j| f[i * n + j].to_bits() == f[j * n + i].to_bits()))
+}
+
+pub fn likelihoods() -> [Likelihood; 3] {
+    [
+        Likelihood::Categorical { classes: 3 },
+        Likelihood::Bernoulli,
+        Likelihood::Gaussian { outputs: 2, sigma: 0.7 },
+    ]
+}
+
+/// Inputs and targets for `n` examples; targets valid for the likelihood.
+pub fn batch(mlp: &Mlp, n: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut r = rng(seed);
+    let xs = normal(&mut r, n * mlp.inputs());
+    let ys = match *mlp.likelihood() {
+        Likelihood::Categorical { classes } => (0..n).map(|i| ((i * 7 + seed as usize) % classes) as f32).collect(),
+        Likelihood::Bernoulli => (0..n).map(|i| ((i + seed as usize) % 2) as f32).collect(),
+        Likelihood::Gaussian { outputs, .. } => normal(&mut r, n * outputs),
+    };
+    (xs, ys)
+}
+
+/// Parameters off the initialisation: random biases keep every pre-activation away from relu's
+/// kink at exactly 0, where a finite difference would see half a slope.
+pub fn params(mlp: &Mlp, seed: u64) -> Vec<f32> {
+    let noise = normal(&mut rng(seed + 1000), mlp.num_params());
+    mlp.init(seed).iter().zip(noise).map(|(w, e)| w + 0.1 * e).collect()
 }

@@ -1,0 +1,116 @@
+// C = α · A·B + β · C on strided views, the general matrix product behind the MLP's layers:
+//   A(m, k) = a[a_off + m·a_rs + k·a_cs]    (m < M, k < K)
+//   B(k, n) = b[b_off + k·b_rs + n·b_cs]    (k < K, n < N)
+//   C(m, n) = c[c_off + m·c_rs + n]
+// Strides express transposes (and a stride of 0 a broadcast, e.g. a column of ones). With β = 0,
+// C is not read. A 16×16 workgroup computes a 64×64 tile of C, 4×4 per invocation, staging
+// KSTEP-deep slabs of A and B through workgroup memory, loaded along whichever axis is
+// contiguous in memory so neighbouring invocations read neighbouring addresses.
+
+const TILE: u32 = 64u;
+const KSTEP: u32 = 16u;
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_off: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_off: u32,
+    b_rs: u32,
+    b_cs: u32,
+    c_off: u32,
+    c_rs: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// stage_a[kk][mm / 4][mm % 4] = A(m0 + mm, k0 + kk); stage_b[kk][nn / 4][nn % 4] = B(k0 + kk, n0 + nn)
+var<workgroup> stage_a: array<array<vec4<f32>, 16>, KSTEP>;
+var<workgroup> stage_b: array<array<vec4<f32>, 16>, KSTEP>;
+
+fn load_a(m: u32, k: u32) -> f32 {
+    if m < params.m && k < params.k {
+        return a[params.a_off + m * params.a_rs + k * params.a_cs];
+    }
+    return 0.0;
+}
+
+fn load_b(k: u32, n: u32) -> f32 {
+    if k < params.k && n < params.n {
+        return b[params.b_off + k * params.b_rs + n * params.b_cs];
+    }
+    return 0.0;
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let m0 = wg.y * TILE;
+    let n0 = wg.x * TILE;
+    let tx = lid3.x;
+    let ty = lid3.y;
+    // which axis the 1024-element slab loads walk fastest: the one contiguous in memory
+    let a_k_fast = params.a_cs == 1u;
+    let b_n_fast = params.b_rs != 1u;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < params.k; k0 += KSTEP) {
+        for (var i = 0u; i < 4u; i++) {
+            let t = lid + 256u * i;
+            var kk: u32;
+            var mm: u32;
+            if a_k_fast {
+                kk = t % KSTEP;
+                mm = t / KSTEP;
+            } else {
+                kk = t / TILE;
+                mm = t % TILE;
+            }
+            stage_a[kk][mm / 4u][mm % 4u] = load_a(m0 + mm, k0 + kk);
+            var nn: u32;
+            if b_n_fast {
+                kk = t / TILE;
+                nn = t % TILE;
+            } else {
+                kk = t % KSTEP;
+                nn = t / KSTEP;
+            }
+            stage_b[kk][nn / 4u][nn % 4u] = load_b(k0 + kk, n0 + nn);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < KSTEP; kk++) {
+            let av = stage_a[kk][ty];
+            let bv = stage_b[kk][tx];
+            for (var r = 0u; r < 4u; r++) {
+                acc[r] = fma(vec4<f32>(av[r]), bv, acc[r]);
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let m = m0 + 4u * ty + r;
+        if m >= params.m {
+            continue;
+        }
+        for (var cc = 0u; cc < 4u; cc++) {
+            let n = n0 + 4u * tx + cc;
+            if n < params.n {
+                let idx = params.c_off + m * params.c_rs + n;
+                var v = params.alpha * acc[r][cc];
+                if params.beta != 0.0 {
+                    v += params.beta * c[idx];
+                }
+                c[idx] = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The MLP on the CPU: the twin of `shaders/mlp.wgsl` and the GPU's matmul dispatches — forward
+//! pass, batch loss, gradient and score rows, with the products on the `gemm` crate and the
+//! per-row work on rayon.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{CpuMatrix, Layout};
+use crate::backend::BatchLoss;
+use crate::error::Result;
+use crate::fisher::{self, FisherKind, SampleKey};
+use crate::model::Mlp;
+
+/// A batch in host memory with its forward pass: per layer the pre-activations z and (hidden
+/// layers) activations, and backward scratch.
+pub struct CpuBatch {
+    n: usize,
+    x: Vec<f32>,
+    targets: Vec<f32>,
+    z: Vec<Vec<f32>>,
+    act: Vec<Vec<f32>>,
+    delta: Vec<Vec<f32>>,
+}
+
+impl CpuBatch {
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn layer_input(&self, l: usize) -> &[f32] {
+        if l == 0 { &self.x } else { &self.act[l - 1] }
+    }
+}
+
+/// A strided view of a slice as a matrix: element (r, c) at `offset + r·row_stride + c·col_stride`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    offset: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    fn rows(data: &'a [f32], offset: usize, cols: usize) -> Self {
+        Self {
+            data,
+            offset,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    fn transposed(data: &'a [f32], offset: usize, cols: usize) -> Self {
+        Self {
+            data,
+            offset,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    /// Panics unless every element of an r×c view lies inside the slice.
+    fn check(&self, r: usize, c: usize) {
+        if r > 0 && c > 0 {
+            let last = self.offset + (r - 1) * self.row_stride + (c - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matrix view beyond its buffer");
+        }
+    }
+}
+
+/// `C = α·A·B + β·C` for A: m×k, B: k×n, and C: m×n row-major at `c[c_offset..]` with row stride
+/// `c_stride`. With β = 0, C is not read.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
+    c: &mut [f32],
+    c_offset: usize,
+    c_stride: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    a.check(m, k);
+    b.check(k, n);
+    View::rows(c, c_offset, c_stride).check(m, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = if m * n * k > 1 << 20 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were checked to lie inside their slices for these shapes; C is
+    // borrowed mutably and does not alias A or B (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr().add(c_offset),
+            1,
+            c_stride as isize,
+            beta != 0.0,
+            a.data.as_ptr().add(a.offset),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr().add(b.offset),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+pub fn upload(mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<CpuBatch> {
+    let n = mlp.check_batch(x, targets)?;
+    let last = mlp.layers().len() - 1;
+    let z = mlp.layers().iter().map(|l| vec![0.0; n * l.fan_out]).collect();
+    let act = mlp.layers()[..last].iter().map(|l| vec![0.0; n * l.fan_out]).collect();
+    Ok(CpuBatch {
+        n,
+        x: x.to_vec(),
+        targets: targets.to_vec(),
+        z,
+        act,
+        delta: Vec::new(),
+    })
+}
+
+pub fn forward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch) -> Result<()> {
+    mlp.check_params(theta.len())?;
+    let n = batch.n;
+    let last = mlp.layers().len() - 1;
+    let activation = mlp.activation();
+    for (l, layer) in mlp.layers().iter().enumerate() {
+        let mut z = std::mem::take(&mut batch.z[l]);
+        matmul(
+            (n, layer.fan_out, layer.fan_in),
+            View::rows(batch.layer_input(l), 0, layer.fan_in),
+            View::transposed(theta, layer.weight, layer.fan_in),
+            &mut z,
+            0,
+            layer.fan_out,
+            1.0,
+            0.0,
+        );
+        let bias = &theta[layer.bias..layer.bias + layer.fan_out];
+        z.par_chunks_mut(layer.fan_out)
+            .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+        if l < last {
+            batch.act[l]
+                .par_iter_mut()
+                .zip(&z)
+                .for_each(|(a, v)| *a = activation.apply(*v as f64) as f32);
+        }
+        batch.z[l] = z;
+    }
+    Ok(())
+}
+
+pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> BatchLoss {
+    let (out, t) = (mlp.outputs(), mlp.likelihood().target_width());
+    let logits = &batch.z[batch.z.len() - 1];
+    let (nll, correct) = (0..batch.n)
+        .into_par_iter()
+        .map(|i| {
+            let z = f64s(&logits[i * out..(i + 1) * out]);
+            let y = f64s(&batch.targets[i * t..(i + 1) * t]);
+            (
+                -mlp.likelihood().log_prob(&z, &y),
+                mlp.likelihood().correct(&z, &y) as usize as f64,
+            )
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let n = batch.n as f64;
+    let accuracy = if mlp.likelihood().is_classification() {
+        correct / n
+    } else {
+        0.0
+    };
+    BatchLoss {
+        loss: nll / n,
+        accuracy,
+        examples: batch.n,
+    }
+}
+
+/// Fills the last layer's scratch with the output seeds of G rows `rows`.
+fn seeds(mlp: &Mlp, batch: &mut CpuBatch, kind: FisherKind, key: SampleKey, rows: &Range<usize>) {
+    let (out, t) = (mlp.outputs(), mlp.likelihood().target_width());
+    let per_example = kind.rows_per_example(mlp.likelihood());
+    let last = mlp.layers().len() - 1;
+    let mut delta = std::mem::take(&mut batch.delta[last]);
+    let (logits, targets) = (&batch.z[last], &batch.targets);
+    delta[..rows.len() * out]
+        .par_chunks_mut(out)
+        .enumerate()
+        .for_each(|(k, row)| {
+            let q = rows.start + k;
+            let e = q / per_example;
+            let z = f64s(&logits[e * out..(e + 1) * out]);
+            let y = f64s(&targets[e * t..(e + 1) * t]);
+            let seed = fisher::output_seed(mlp.likelihood(), kind, &z, &y, e as u32, (q % per_example) as u32, key);
+            row.iter_mut().zip(seed).for_each(|(d, s)| *d = s as f32);
+        });
+    batch.delta[last] = delta;
+}
+
+/// δ_{l−1} = (δ_l W_l) ⊙ σ'(z_{l−1}) for `count` rows, `per_example` rows per example from `row0`.
+fn back(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, l: usize, count: usize, per_example: usize, row0: usize) {
+    let layer = mlp.layers()[l];
+    let mut below = std::mem::take(&mut batch.delta[l - 1]);
+    matmul(
+        (count, layer.fan_in, layer.fan_out),
+        View::rows(&batch.delta[l], 0, layer.fan_out),
+        View::rows(theta, layer.weight, layer.fan_in),
+        &mut below,
+        0,
+        layer.fan_in,
+        1.0,
+        0.0,
+    );
+    let (z, width, activation) = (&batch.z[l - 1], layer.fan_in, mlp.activation());
+    below[..count * width]
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(k, row)| {
+            let e = (row0 + k) / per_example;
+            for (d, zv) in row.iter_mut().zip(&z[e * width..(e + 1) * width]) {
+                *d *= activation.derivative(*zv as f64) as f32;
+            }
+        });
+    batch.delta[l - 1] = below;
+}
+
+fn ensure_deltas(mlp: &Mlp, batch: &mut CpuBatch, rows: usize) {
+    if batch.delta.is_empty() || batch.delta[0].len() < rows * mlp.layers()[0].fan_out {
+        batch.delta = mlp.layers().iter().map(|l| vec![0.0; rows * l.fan_out]).collect();
+    }
+}
+
+pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f32, g: &mut [f32]) -> Result<()> {
+    mlp.check_params(theta.len())?;
+    mlp.check_params(g.len())?;
+    let n = batch.n;
+    ensure_deltas(mlp, batch, n);
+    seeds(mlp, batch, FisherKind::Empirical, SampleKey::default(), &(0..n));
+    // g starts as θ: the weight blocks keep wd·W through β = wd below
+    g.copy_from_slice(theta);
+    let scale = -1.0 / n as f32;
+    for (l, layer) in mlp.layers().iter().enumerate().rev() {
+        matmul(
+            (layer.fan_out, layer.fan_in, n),
+            View::transposed(&batch.delta[l], 0, layer.fan_out),
+            View::rows(batch.layer_input(l), 0, layer.fan_in),
+            g,
+            layer.weight,
+            layer.fan_in,
+            scale,
+            weight_decay,
+        );
+        let bias = &mut g[layer.bias..layer.bias + layer.fan_out];
+        bias.fill(0.0);
+        for row in batch.delta[l][..n * layer.fan_out].chunks_exact(layer.fan_out) {
+            bias.iter_mut().zip(row).for_each(|(b, d)| *b += scale * d);
+        }
+        if l > 0 {
+            back(mlp, theta, batch, l, n, 1, 0);
+        }
+    }
+    Ok(())
+}
+
+pub fn score_rows(
+    mlp: &Mlp,
+    theta: &[f32],
+    batch: &mut CpuBatch,
+    kind: FisherKind,
+    key: SampleKey,
+    rows: Range<usize>,
+    out: &mut CpuMatrix,
+) -> Result<()> {
+    mlp.check_params(theta.len())?;
+    let count = rows.len();
+    let per_example = kind.rows_per_example(mlp.likelihood());
+    let p = mlp.num_params();
+    ensure_deltas(mlp, batch, count);
+    seeds(mlp, batch, kind, key, &rows);
+    for (l, layer) in mlp.layers().iter().enumerate().rev() {
+        let (delta, input) = (&batch.delta[l], batch.layer_input(l));
+        out.data.par_chunks_mut(p).enumerate().for_each(|(k, g_row)| {
+            let e = (rows.start + k) / per_example;
+            let a = &input[e * layer.fan_in..(e + 1) * layer.fan_in];
+            let d = &delta[k * layer.fan_out..(k + 1) * layer.fan_out];
+            for (o, w_row) in g_row[layer.weight..layer.bias]
+                .chunks_exact_mut(layer.fan_in)
+                .enumerate()
+            {
+                w_row.iter_mut().zip(a).for_each(|(w, av)| *w = d[o] * av);
+            }
+            g_row[layer.bias..layer.bias + layer.fan_out].copy_from_slice(d);
+        });
+        if l > 0 {
+            back(mlp, theta, batch, l, count, per_example, rows.start);
+        }
+    }
+    out.layout = Layout::General;
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! The MLP on the GPU: forward pass, batch loss, gradient and score rows, recorded as matmul
+//! dispatches and `shaders/mlp.wgsl` kernels. One submission per call; only the loss reads back.
+
+use std::ops::Range;
+
+use super::buffer::{GpuMatrix, GpuVector};
+use super::context::GpuContext;
+use super::kernel;
+use super::linalg::WG;
+use super::matmul::{MatmulKernel, View};
+use super::shader::Variant;
+use crate::backend::BatchLoss;
+use crate::error::{Error, Result};
+use crate::fisher::{FisherKind, SampleKey};
+use crate::model::Mlp;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    width: u32,
+    per_example: u32,
+    row0: u32,
+    activation: u32,
+    likelihood: u32,
+    kind: u32,
+    draws: u32,
+    sigma: f32,
+    key0: u32,
+    key1: u32,
+    fan_in: u32,
+    offset: u32,
+    ld: u32,
+    apply: u32,
+    pad: u32,
+}
+
+/// A batch on the GPU: inputs, targets, and per layer the pre-activations z and (hidden layers)
+/// activations; backward scratch grows to the largest row count asked for.
+pub struct GpuBatch {
+    n: usize,
+    x: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    z: Vec<wgpu::Buffer>,
+    act: Vec<wgpu::Buffer>,
+    /// backward scratch per layer (rows × fan_out), and the rows it holds
+    delta: Vec<wgpu::Buffer>,
+    delta_rows: usize,
+    /// a single 1.0: the broadcast column that turns a product into column sums
+    ones: wgpu::Buffer,
+    /// bound where a kernel's unused output must still be bound
+    dummy: wgpu::Buffer,
+}
+
+pub struct MlpKernels {
+    matmul: MatmulKernel,
+    bias_act: wgpu::ComputePipeline,
+    act_grad_mul: wgpu::ComputePipeline,
+    output_seeds: wgpu::ComputePipeline,
+    batch_loss: wgpu::ComputePipeline,
+    expand_scores: wgpu::ComputePipeline,
+}
+
+fn f32_buffer(ctx: &GpuContext, what: &'static str, len: usize) -> Result<wgpu::Buffer> {
+    ctx.storage_buffer(what, &format!("{len} f32"), len as u64 * 4, wgpu::BufferUsages::empty())
+}
+
+/// Workgroups for one invocation per element over `count` elements, folded into 2-D.
+fn groups_for(count: usize) -> Result<(u32, u32)> {
+    let groups = u32::try_from(count.div_ceil(WG as usize))
+        .map_err(|_| Error::Shape(format!("{count} elements are beyond the GPU grid")))?;
+    Ok(kernel::grid(groups))
+}
+
+impl MlpKernels {
+    pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
+        let module = kernel::compile(ctx, "mlp", variant)?;
+        let p = |entry| kernel::pipeline(ctx, &module, entry, None);
+        Ok(Self {
+            matmul: MatmulKernel::new(ctx)?,
+            bias_act: p("bias_act")?,
+            act_grad_mul: p("act_grad_mul")?,
+            output_seeds: p("output_seeds")?,
+            batch_loss: p("batch_loss")?,
+            expand_scores: p("expand_scores")?,
+        })
+    }
+
+    pub fn upload(&self, ctx: &GpuContext, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<GpuBatch> {
+        let n = mlp.check_batch(x, targets)?;
+        let batch_buffer = |what, data: &[f32]| -> Result<wgpu::Buffer> {
+            let b = f32_buffer(ctx, what, data.len())?;
+            ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(data));
+            Ok(b)
+        };
+        let last = mlp.layers().len() - 1;
+        let mut z = Vec::new();
+        let mut act = Vec::new();
+        for (l, layer) in mlp.layers().iter().enumerate() {
+            z.push(f32_buffer(ctx, "pre-activations", n * layer.fan_out)?);
+            if l < last {
+                act.push(f32_buffer(ctx, "activations", n * layer.fan_out)?);
+            }
+        }
+        Ok(GpuBatch {
+            n,
+            x: batch_buffer("batch inputs", x)?,
+            targets: batch_buffer("batch targets", targets)?,
+            z,
+            act,
+            delta: Vec::new(),
+            delta_rows: 0,
+            ones: batch_buffer("ones", &[1.0])?,
+            dummy: f32_buffer(ctx, "unused output", 1)?,
+        })
+    }
+
+    pub fn batch_size(batch: &GpuBatch) -> usize {
+        batch.n
+    }
+
+    /// The input of layer l: the batch's inputs, or the previous layer's activations.
+    fn layer_input(batch: &GpuBatch, l: usize) -> &wgpu::Buffer {
+        if l == 0 { &batch.x } else { &batch.act[l - 1] }
+    }
+
+    fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        pipeline: &wgpu::ComputePipeline,
+        params: &Params,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+    ) {
+        let uniform = ctx.uniform("mlp params", params);
+        let mut entries = vec![(0, &uniform)];
+        entries.extend_from_slice(buffers);
+        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "mlp", &entries);
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+
+    fn base_params(mlp: &Mlp) -> Params {
+        Params {
+            activation: mlp.activation().code(),
+            likelihood: mlp.likelihood().code(),
+            sigma: mlp.likelihood().sigma(),
+            per_example: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn forward(&self, ctx: &GpuContext, mlp: &Mlp, theta: &GpuVector, batch: &mut GpuBatch) -> Result<()> {
+        mlp.check_params(theta.len)?;
+        let n = batch.n;
+        let last = mlp.layers().len() - 1;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for (l, layer) in mlp.layers().iter().enumerate() {
+                // z = input · Wᵀ, then + b and σ
+                self.matmul.record(
+                    ctx,
+                    &mut pass,
+                    (n, layer.fan_out, layer.fan_in),
+                    View::rows(Self::layer_input(batch, l), 0, layer.fan_in),
+                    View::transposed(&theta.buffer, layer.weight, layer.fan_in),
+                    View::rows(&batch.z[l], 0, layer.fan_out),
+                    1.0,
+                    0.0,
+                )?;
+                let params = Params {
+                    rows: n as u32,
+                    width: layer.fan_out as u32,
+                    offset: layer.bias as u32,
+                    apply: (l < last) as u32,
+                    ..Self::base_params(mlp)
+                };
+                let act = if l < last { &batch.act[l] } else { &batch.dummy };
+                let buffers = [(1, &batch.z[l]), (2, act), (3, &theta.buffer)];
+                self.dispatch(
+                    ctx,
+                    &mut pass,
+                    &self.bias_act,
+                    &params,
+                    &buffers,
+                    groups_for(n * layer.fan_out)?,
+                );
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+
+    pub fn batch_loss(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<BatchLoss> {
+        let groups = (batch.n as u32).div_ceil(WG);
+        let partial = f32_buffer(ctx, "loss partial sums", 2 * groups as usize)?;
+        let out = mlp.outputs();
+        let params = Params {
+            rows: batch.n as u32,
+            width: out as u32,
+            ..Self::base_params(mlp)
+        };
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            let last = batch.z.len() - 1;
+            let buffers = [(1, &batch.z[last]), (4, &batch.targets), (7, &partial)];
+            self.dispatch(ctx, &mut pass, &self.batch_loss, &params, &buffers, (groups, 1));
+        }
+        let staging = ctx.copy_to_staging(&mut encoder, &partial, 0, 8 * groups as u64);
+        let index = ctx.queue.submit([encoder.finish()]);
+        let sums: Vec<f32> = ctx.map_staging(&staging, index)?;
+        let (nll, correct) = sums
+            .chunks_exact(2)
+            .fold((0.0f64, 0.0f64), |(a, b), s| (a + s[0] as f64, b + s[1] as f64));
+        let n = batch.n as f64;
+        let accuracy = if mlp.likelihood().is_classification() {
+            correct / n
+        } else {
+            0.0
+        };
+        Ok(BatchLoss {
+            loss: nll / n,
+            accuracy,
+            examples: batch.n,
+        })
+    }
+
+    /// Makes the backward scratch hold `rows` rows per layer.
+    fn ensure_deltas(ctx: &GpuContext, mlp: &Mlp, batch: &mut GpuBatch, rows: usize) -> Result<()> {
+        if batch.delta_rows >= rows && !batch.delta.is_empty() {
+            return Ok(());
+        }
+        batch.delta = mlp
+            .layers()
+            .iter()
+            .map(|l| f32_buffer(ctx, "backward scratch", rows * l.fan_out))
+            .collect::<Result<_>>()?;
+        batch.delta_rows = rows;
+        Ok(())
+    }
+
+    /// Records the output seeds of G rows `row0 .. row0 + rows` (R per example) into the last
+    /// layer's scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn record_seeds(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        mlp: &Mlp,
+        batch: &GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        row0: usize,
+        rows: usize,
+    ) -> Result<()> {
+        let last = mlp.layers().len() - 1;
+        let params = Params {
+            rows: rows as u32,
+            width: mlp.outputs() as u32,
+            per_example: kind.rows_per_example(mlp.likelihood()) as u32,
+            row0: row0 as u32,
+            kind: kind.code(),
+            draws: match kind {
+                FisherKind::Sampled { draws } => draws,
+                _ => 1,
+            },
+            key0: key.seed,
+            key1: key.step,
+            ..Self::base_params(mlp)
+        };
+        let buffers = [(1, &batch.z[last]), (4, &batch.targets), (5, &batch.delta[last])];
+        self.dispatch(ctx, pass, &self.output_seeds, &params, &buffers, groups_for(rows)?);
+        Ok(())
+    }
+
+    /// Records δ_{l−1} = (δ_l W_l) ⊙ σ'(z_{l−1}) for `rows` rows (R per example from `row0`).
+    #[allow(clippy::too_many_arguments)]
+    fn record_back(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &GpuBatch,
+        l: usize,
+        rows: usize,
+        per_example: usize,
+        row0: usize,
+    ) -> Result<()> {
+        let layer = mlp.layers()[l];
+        self.matmul.record(
+            ctx,
+            pass,
+            (rows, layer.fan_in, layer.fan_out),
+            View::rows(&batch.delta[l], 0, layer.fan_out),
+            View::rows(&theta.buffer, layer.weight, layer.fan_in),
+            View::rows(&batch.delta[l - 1], 0, layer.fan_in),
+            1.0,
+            0.0,
+        )?;
+        let params = Params {
+            rows: rows as u32,
+            width: layer.fan_in as u32,
+            per_example: per_example as u32,
+            row0: row0 as u32,
+            ..Self::base_params(mlp)
+        };
+        let buffers = [(1, &batch.z[l - 1]), (5, &batch.delta[l - 1])];
+        self.dispatch(
+            ctx,
+            pass,
+            &self.act_grad_mul,
+            &params,
+            &buffers,
+            groups_for(rows * layer.fan_in)?,
+        );
+        Ok(())
+    }
+
+    pub fn gradient(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        weight_decay: f32,
+        g: &GpuVector,
+    ) -> Result<()> {
+        mlp.check_params(theta.len)?;
+        mlp.check_params(g.len)?;
+        let n = batch.n;
+        Self::ensure_deltas(ctx, mlp, batch, n)?;
+        let batch = &*batch;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        // g starts as θ: the weight blocks keep wd·W through β = wd below
+        encoder.copy_buffer_to_buffer(&theta.buffer, 0, &g.buffer, 0, theta.buffer.size());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_seeds(
+                ctx,
+                &mut pass,
+                mlp,
+                batch,
+                FisherKind::Empirical,
+                SampleKey::default(),
+                0,
+                n,
+            )?;
+            let scale = -1.0 / n as f32;
+            for (l, layer) in mlp.layers().iter().enumerate().rev() {
+                // g_W = −(1/n) δᵀ·input + wd·W;  g_b = −(1/n) δᵀ·1
+                self.matmul.record(
+                    ctx,
+                    &mut pass,
+                    (layer.fan_out, layer.fan_in, n),
+                    View::transposed(&batch.delta[l], 0, layer.fan_out),
+                    View::rows(Self::layer_input(batch, l), 0, layer.fan_in),
+                    View::rows(&g.buffer, layer.weight, layer.fan_in),
+                    scale,
+                    weight_decay,
+                )?;
+                self.matmul.record(
+                    ctx,
+                    &mut pass,
+                    (layer.fan_out, 1, n),
+                    View::transposed(&batch.delta[l], 0, layer.fan_out),
+                    View {
+                        buffer: &batch.ones,
+                        offset: 0,
+                        row_stride: 0,
+                        col_stride: 0,
+                    },
+                    View::rows(&g.buffer, layer.bias, 1),
+                    scale,
+                    0.0,
+                )?;
+                if l > 0 {
+                    self.record_back(ctx, &mut pass, mlp, theta, batch, l, n, 1, 0)?;
+                }
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_rows(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &GpuMatrix,
+    ) -> Result<()> {
+        mlp.check_params(theta.len)?;
+        let count = rows.len();
+        if count > kernel::MAX_GROUPS as usize {
+            return Err(Error::Shape(format!(
+                "{count} score rows in one call; at most {}",
+                kernel::MAX_GROUPS
+            )));
+        }
+        Self::ensure_deltas(ctx, mlp, batch, count)?;
+        let batch = &*batch;
+        let per_example = kind.rows_per_example(mlp.likelihood());
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, rows.start, count)?;
+            for (l, layer) in mlp.layers().iter().enumerate().rev() {
+                let params = Params {
+                    rows: count as u32,
+                    width: layer.fan_out as u32,
+                    per_example: per_example as u32,
+                    row0: rows.start as u32,
+                    fan_in: layer.fan_in as u32,
+                    offset: layer.weight as u32,
+                    ld: out.ld() as u32,
+                    ..Self::base_params(mlp)
+                };
+                let buffers = [(5, &batch.delta[l]), (6, &out.buffer), (8, Self::layer_input(batch, l))];
+                let x_groups = (layer.len() as u32).div_ceil(WG);
+                if x_groups > kernel::MAX_GROUPS {
+                    return Err(Error::Shape(format!(
+                        "layer {l} has {} parameters, beyond the GPU grid",
+                        layer.len()
+                    )));
+                }
+                self.dispatch(
+                    ctx,
+                    &mut pass,
+                    &self.expand_scores,
+                    &params,
+                    &buffers,
+                    (x_groups, count as u32),
+                );
+                if l > 0 {
+                    self.record_back(ctx, &mut pass, mlp, theta, batch, l, count, per_example, rows.start)?;
+                }
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+}
