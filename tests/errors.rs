@@ -119,3 +119,69 @@ fn a_fisher_larger_than_the_device_allows_names_the_size_and_the_limit() {
     );
     assert!(text.contains("max_"), "the message names the limit: {text}");
 }
+
+fn bad_batches<B: Backend>(b: &B) {
+    use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
+    let name = b.describe();
+    let spec = |likelihood| MlpSpec {
+        inputs: 2,
+        hidden: vec![3],
+        activation: Activation::Tanh,
+        likelihood,
+    };
+    let categorical = Mlp::new(spec(Likelihood::Categorical { classes: 3 })).unwrap();
+    let bernoulli = Mlp::new(spec(Likelihood::Bernoulli)).unwrap();
+    let x = [0.5f32; 4];
+    let e = b
+        .upload_batch(&categorical, &x, &[0.0, 3.0])
+        .err()
+        .expect("label 3 of 3 classes accepted");
+    assert!(e.to_string().contains("example 1 has label 3"), "{name}: {e}");
+    assert!(
+        b.upload_batch(&categorical, &x, &[0.0, 1.5]).is_err(),
+        "{name}: fractional label"
+    );
+    assert!(
+        b.upload_batch(&bernoulli, &x, &[0.0, 2.0]).is_err(),
+        "{name}: Bernoulli label 2"
+    );
+    assert!(
+        matches!(b.upload_batch(&categorical, &x, &[0.0]), Err(Error::Shape(_))),
+        "{name}: one target for two rows"
+    );
+    assert!(
+        matches!(b.upload_batch(&categorical, &x[..3], &[0.0]), Err(Error::Shape(_))),
+        "{name}: partial row"
+    );
+    assert!(
+        matches!(b.upload_batch(&categorical, &[], &[]), Err(Error::Empty(_))),
+        "{name}: empty batch"
+    );
+    let e = b
+        .upload_batch(&categorical, &[0.0, f32::NAN, 1.0, 1.0], &[0.0, 1.0])
+        .err()
+        .expect("NaN input accepted");
+    assert!(matches!(e, Error::NonFinite { row: 0, col: 1, .. }), "{name}: {e}");
+    let mut batch = b.upload_batch(&categorical, &x, &[0.0, 2.0]).unwrap();
+    let short = b.upload_vector("θ", &[0.1; 5]).unwrap();
+    assert!(
+        matches!(b.forward(&categorical, &short, &mut batch), Err(Error::Shape(_))),
+        "{name}: short θ"
+    );
+    let theta = b.upload_vector("θ", &categorical.init(0)).unwrap();
+    b.forward(&categorical, &theta, &mut batch).unwrap();
+    let mut wrong = b.zeros_matrix("G", 1, categorical.num_params()).unwrap();
+    let kind = natgrad::fisher::FisherKind::Exact;
+    let key = natgrad::fisher::SampleKey::default();
+    let r = b.score_rows(&categorical, &theta, &mut batch, kind, key, 0..2, &mut wrong);
+    assert!(matches!(r, Err(Error::Shape(_))), "{name}: 2 rows into a 1-row matrix");
+    let mut out = b.zeros_matrix("G", 2, categorical.num_params()).unwrap();
+    let r = b.score_rows(&categorical, &theta, &mut batch, kind, key, 5..7, &mut out);
+    assert!(matches!(r, Err(Error::Shape(_))), "{name}: rows past the 6 of G");
+}
+
+#[test]
+fn bad_batches_are_refused_on_both_devices() {
+    bad_batches(&Cpu::new());
+    bad_batches(&common::gpu());
+}

@@ -345,3 +345,27 @@ fn half_dfd_is_the_kl_divergence_to_second_order() {
         }
     }
 }
+
+#[test]
+fn a_fisher_built_in_small_chunks_equals_one_built_at_once() {
+    let mlp = mlp(vec![6], Activation::Relu, Likelihood::Categorical { classes: 3 });
+    let theta = params(&mlp, 8);
+    let (xs, ys) = batch(&mlp, 9, 8);
+    let expected = reference::fisher(&mlp, &f64s(&theta), &xs, &ys, FisherKind::Exact, KEY);
+    fn chunked<B: Backend>(b: &B, mlp: &Mlp, theta: &[f32], xs: &[f32], ys: &[f32]) -> Vec<f32> {
+        let mut batch = b.upload_batch(mlp, xs, ys).unwrap();
+        let theta = b.upload_vector("θ", theta).unwrap();
+        b.forward(mlp, &theta, &mut batch).unwrap();
+        let p = mlp.num_params();
+        let mut f = b.zeros_matrix("F", p, p).unwrap();
+        // 27 rows of G in chunks of 5: five full chunks and a last one of 2
+        fisher::build_in_chunks(b, mlp, &theta, &mut batch, FisherKind::Exact, KEY, 0.0, &mut f, 5).unwrap();
+        b.download_matrix(&f).unwrap()
+    }
+    for f in [
+        chunked(&Cpu::new(), &mlp, &theta, &xs, &ys),
+        chunked(&common::gpu(), &mlp, &theta, &xs, &ys),
+    ] {
+        assert!(rel_error(&f, &expected) < 1e-5, "{:.2e}", rel_error(&f, &expected));
+    }
+}

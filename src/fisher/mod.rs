@@ -179,10 +179,28 @@ pub fn build<B: Backend>(
     weight_decay: f32,
     f: &mut B::Matrix,
 ) -> Result<()> {
+    let total = b.batch_size(batch) * kind.rows_per_example(mlp.likelihood());
+    let chunk = chunk_rows(b, mlp.num_params(), total)?;
+    build_in_chunks(b, mlp, theta, batch, kind, key, weight_decay, f, chunk)
+}
+
+/// [`build`] with G made `chunk` rows at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn build_in_chunks<B: Backend>(
+    b: &B,
+    mlp: &Mlp,
+    theta: &B::Vector,
+    batch: &mut B::Batch,
+    kind: FisherKind,
+    key: SampleKey,
+    weight_decay: f32,
+    f: &mut B::Matrix,
+    chunk: usize,
+) -> Result<()> {
     let p = mlp.num_params();
     let n = b.batch_size(batch);
     let total = n * kind.rows_per_example(mlp.likelihood());
-    let chunk = chunk_rows(b, p, total)?;
+    let chunk = chunk.clamp(1, total);
     let mut g = b.zeros_matrix("score rows G (one chunk)", chunk, p)?;
     let mut start = 0;
     while start < total {
