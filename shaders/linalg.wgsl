@@ -69,6 +69,20 @@ fn dot_partial(ids: Ids) {
     }
 }
 
+// First pass of Σ xᵢ wᵢ yᵢ, the weights w bound as `a`.
+@compute @workgroup_size(WG)
+fn weighted_dot_partial(ids: Ids) {
+    let i = ids.wg.x * WG + ids.lid;
+    var v = 0.0;
+    if i < params.n4 {
+        v = dot(x[i] * a[i], y[i]);
+    }
+    let s = workgroup_sum(v, ids);
+    if ids.lid == 0u {
+        partial[ids.wg.x] = s;
+    }
+}
+
 // Second pass: one workgroup adds the partial sums; the result goes after them.
 @compute @workgroup_size(WG)
 fn dot_final(ids: Ids) {

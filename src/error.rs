@@ -56,6 +56,14 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    /// A problem in input data, located (file, line, column).
+    #[error("{0}")]
+    Data(String),
+
+    /// A file that could not be read or written.
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+
     /// A value outside its allowed range (a parameter, a flag).
     #[error("invalid {name}: {reason}")]
     InvalidArgument { name: &'static str, reason: String },

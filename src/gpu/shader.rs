@@ -14,6 +14,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("cg", include_str!("../../shaders/cg.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("mlp", include_str!("../../shaders/mlp.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
 ];
 
 /// Files under `shaders/shared/`, available to `#import`.

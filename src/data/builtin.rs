@@ -1,0 +1,82 @@
+//! Datasets by name: `digits` (shipped with natgrad), and the seeded generators `spirals` and
+//! `blobs`.
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+use super::{Dataset, Task, TaskChoice, csv};
+use crate::error::Result;
+
+/// The names `--dataset` accepts.
+pub const NAMES: [&str; 3] = ["digits", "spirals", "blobs"];
+
+/// UCI optical digits as shipped with scikit-learn (see data/README.md): 1797 images of 8×8
+/// pixels, 10 classes.
+const DIGITS: &str = include_str!("../../data/digits.csv");
+
+/// The built-in dataset `name`, if there is one.
+pub fn by_name(name: &str, seed: u64) -> Option<Result<Dataset>> {
+    match name {
+        "digits" => Some(digits()),
+        "spirals" => Some(Ok(spirals(3, 200, seed))),
+        "blobs" => Some(Ok(blobs(4, 150, seed))),
+        _ => None,
+    }
+}
+
+/// Digits with pixel intensities scaled from 0..16 to [0, 1].
+pub fn digits() -> Result<Dataset> {
+    let mut data = Dataset::from_table("digits", csv::parse("digits", DIGITS)?, TaskChoice::Classify)?;
+    data.x.iter_mut().for_each(|v| *v /= 16.0);
+    Ok(data)
+}
+
+/// `arms` interleaved spirals in the plane, `per_arm` points each, with angular noise: a
+/// classification no linear model can do.
+pub fn spirals(arms: usize, per_arm: usize, seed: u64) -> Dataset {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let noise = Normal::new(0.0, 0.2).expect("a valid normal");
+    let mut x = Vec::with_capacity(2 * arms * per_arm);
+    let mut y = Vec::with_capacity(arms * per_arm);
+    for arm in 0..arms {
+        for i in 0..per_arm {
+            let r = i as f64 / per_arm as f64;
+            let angle = arm as f64 * std::f64::consts::TAU / arms as f64 + 4.0 * r + noise.sample(&mut rng);
+            x.extend([(r * angle.sin()) as f32, (r * angle.cos()) as f32]);
+            y.push(arm as f32);
+        }
+    }
+    Dataset {
+        name: "spirals".into(),
+        x,
+        y,
+        n: arms * per_arm,
+        d: 2,
+        task: Task::Classify { labels: (0..arms).map(|c| c as f64).collect() },
+    }
+}
+
+/// `centers` Gaussian blobs in the plane (unit spread, centres drawn in [−5, 5]²), `per_blob`
+/// points each; they overlap a little, so the optimum is finite.
+pub fn blobs(centers: usize, per_blob: usize, seed: u64) -> Dataset {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let place = Uniform::new(-5.0f64, 5.0).expect("a valid range");
+    let spread = Normal::new(0.0, 1.0).expect("a valid normal");
+    let centres: Vec<[f64; 2]> = (0..centers).map(|_| [place.sample(&mut rng), place.sample(&mut rng)]).collect();
+    let mut x = Vec::with_capacity(2 * centers * per_blob);
+    let mut y = Vec::with_capacity(centers * per_blob);
+    for (c, centre) in centres.iter().enumerate() {
+        for _ in 0..per_blob {
+            x.extend([(centre[0] + spread.sample(&mut rng)) as f32, (centre[1] + spread.sample(&mut rng)) as f32]);
+            y.push(c as f32);
+        }
+    }
+    Dataset {
+        name: "blobs".into(),
+        x,
+        y,
+        n: centers * per_blob,
+        d: 2,
+        task: Task::Classify { labels: (0..centers).map(|c| c as f64).collect() },
+    }
+}
