@@ -44,7 +44,8 @@ struct State {
     rel_residual: f32,
     iters: u32,
     status: u32,
-    pad0: u32,
+    // 1 when the warm start was worse than d = 0 and the solve restarts from zero
+    restart: u32,
     pad1: u32,
 }
 
@@ -130,7 +131,12 @@ fn cg_init_state(ids: Ids) {
         st.rr = rr;
         st.gg = gg;
         st.iters = 0u;
-        if rr <= params.tol2 * gg || gg == 0.0 {
+        if rr > gg {
+            // the warm start is worse than none: cg_restart zeroes d, and r = s = g
+            st.restart = 1u;
+            st.rr = gg;
+        }
+        if st.rr <= params.tol2 * gg || gg == 0.0 {
             st.status = CONVERGED;
         } else if params.max_iters == 0u {
             st.status = MAX_ITERATIONS;
@@ -139,6 +145,17 @@ fn cg_init_state(ids: Ids) {
         }
         state_out = st;
         write_args(st.status == RUNNING);
+    }
+}
+
+// After cg_init_state: a start from d = 0 when the warm start was worse than that.
+@compute @workgroup_size(WG)
+fn cg_restart(ids: Ids) {
+    let i = ids.wg.x * WG + ids.lid;
+    if state_in.restart != 0u && i < params.n4 {
+        d[i] = vec4<f32>(0.0);
+        r[i] = g[i];
+        s[i] = g[i];
     }
 }
 

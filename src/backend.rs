@@ -10,6 +10,7 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
+use crate::optim::AdamStep;
 use crate::solve::{CgParams, CgReport};
 
 /// Mean negative log-likelihood and accuracy over a batch.
@@ -75,6 +76,28 @@ pub trait Backend {
     fn axpy(&self, alpha: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
     /// `y ← x + β y`.
     fn xpby(&self, x: &Self::Vector, beta: f32, y: &mut Self::Vector) -> Result<()>;
+    /// `Σ xᵢ wᵢ yᵢ`, on the host.
+    fn weighted_dot(&self, x: &Self::Vector, w: &Self::Vector, y: &Self::Vector) -> Result<f32>;
+    /// `dst ← src`.
+    fn copy(&self, src: &Self::Vector, dst: &mut Self::Vector) -> Result<()>;
+    /// SGD with momentum: `velocity ← μ·velocity + g; θ ← θ − lr·velocity`.
+    fn sgd_step(
+        &self,
+        theta: &mut Self::Vector,
+        g: &Self::Vector,
+        velocity: &mut Self::Vector,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()>;
+    /// One Adam update of θ, moments `m` and `v` (bias-corrected with `step.t`).
+    fn adam_step(
+        &self,
+        theta: &mut Self::Vector,
+        g: &Self::Vector,
+        m: &mut Self::Vector,
+        v: &mut Self::Vector,
+        step: AdamStep,
+    ) -> Result<()>;
 
     /// Solves `(A + λI) d = g` by conjugate gradient, starting from the `d` passed in (zeros for
     /// a cold start, the previous direction for a warm one) and leaving the solution there.
@@ -109,6 +132,9 @@ pub trait Backend {
     /// The forward pass at θ; the batch keeps every layer's pre-activations and activations, which
     /// [`Backend::batch_loss`], [`Backend::gradient`] and [`Backend::score_rows`] use (with the same θ).
     fn forward(&self, mlp: &Mlp, theta: &Self::Vector, batch: &mut Self::Batch) -> Result<()>;
+
+    /// The network's outputs z_L of the last forward pass, n × outputs (waits for the device).
+    fn outputs(&self, mlp: &Mlp, batch: &Self::Batch) -> Result<Vec<f32>>;
 
     /// Loss and accuracy of the last forward pass (waits for the device).
     fn batch_loss(&self, mlp: &Mlp, batch: &Self::Batch) -> Result<BatchLoss>;

@@ -64,6 +64,18 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },
 
+    /// Training produced a non-finite loss or gradient.
+    #[error(
+        "the {what} became {value} at step {step}: training diverged (lower --lr, raise --damping, or set --kl){}",
+        .kept.as_ref().map(|p| format!("; the last parameters with a finite loss are in {p}")).unwrap_or_default()
+    )]
+    Diverged {
+        what: &'static str,
+        value: f64,
+        step: usize,
+        kept: Option<String>,
+    },
+
     /// A value outside its allowed range (a parameter, a flag).
     #[error("invalid {name}: {reason}")]
     InvalidArgument { name: &'static str, reason: String },

@@ -5,6 +5,7 @@
 //! if G is large), and solve `(F + λI) d = g` by conjugate gradient, on a [`gpu::Gpu`] or a
 //! [`cpu::Cpu`]. [`device`] picks one from a command-line style choice.
 
+pub mod apply;
 pub mod backend;
 pub mod cpu;
 pub mod data;
@@ -13,8 +14,11 @@ pub mod device;
 pub mod error;
 pub mod fisher;
 pub mod gpu;
+pub mod io;
 pub mod model;
+pub mod optim;
 pub mod solve;
+pub mod train;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

@@ -1,12 +1,20 @@
 //! The `natgrad` command line: parse, call the library, print.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use natgrad::data::TaskChoice;
 use natgrad::device::{self, AnyBackend, DeviceChoice};
-use natgrad::{CgParams, demo, with_backend};
+use natgrad::fisher::FisherKind;
+use natgrad::io::checkpoint::Checkpoint;
+use natgrad::model::Activation;
+use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
+use natgrad::train::{self, Event, RunConfig};
+use natgrad::{CgParams, apply, demo, io, with_backend};
 
 #[derive(Parser)]
 #[command(
@@ -36,8 +44,129 @@ impl From<Device> for DeviceChoice {
     }
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Optimizer {
+    Ngd,
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Fisher {
+    Empirical,
+    Sampled,
+    Exact,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Task {
+    Classify,
+    Regress,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Act {
+    Tanh,
+    Relu,
+    Sigmoid,
+    Gelu,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Curvature {
+    Dense,
+}
+
+/// Device selection, shared by the commands that compute.
+#[derive(Args, Clone)]
+struct DeviceArgs {
+    /// Where to compute: a hardware GPU if there is one, else the CPU (auto); the best GPU
+    /// adapter, software ones included (gpu); or the CPU (cpu).
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Pick the GPU adapter whose name contains this (case-insensitive); default $WGPU_ADAPTER_NAME.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Where the data comes from.
+#[derive(Args, Clone)]
+#[group(multiple = false)]
+struct DataArgs {
+    /// A CSV file: optional header, label (or target) in the last column.
+    #[arg(long, value_name = "FILE.csv")]
+    data: Option<String>,
+    /// A built-in dataset: digits (shipped, pixels scaled to [0, 1]), spirals, blobs (seeded).
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+}
+
+impl DataArgs {
+    fn source(&self, default: Option<&str>) -> Result<String> {
+        if let Some(name) = &self.dataset {
+            if !natgrad::data::builtin::NAMES.contains(&name.as_str()) {
+                bail!(
+                    "no built-in dataset {name:?}; there are {}",
+                    natgrad::data::builtin::NAMES.join(", ")
+                );
+            }
+            return Ok(name.clone());
+        }
+        match (&self.data, default) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Some(d)) => Ok(d.to_owned()),
+            (None, None) => bail!("give the data with --data FILE.csv or --dataset NAME"),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Train an MLP by natural gradient (or SGD, Adam) and write a run directory.
+    #[command(allow_negative_numbers = true)]
+    Train(Box<TrainArgs>),
+    /// Loss and accuracy of a saved model on a data file.
+    Eval {
+        /// The checkpoint: DIR/model.safetensors of a run.
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print one JSON object {"loss", "accuracy", "n"} instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// The dense Fisher F = (1/n) GᵀG of a saved model over a data file, as .npy (f32, no damping).
+    Fisher {
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Which Fisher.
+        #[arg(long, value_enum, default_value = "exact")]
+        fisher: Fisher,
+        /// Labels drawn per example for --fisher sampled.
+        #[arg(long, default_value_t = 1)]
+        draws: u32,
+        /// Seed of the sampled Fisher's draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The .npy file to write.
+        #[arg(long, value_name = "F.npy")]
+        out: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Overlay the loss curves of several runs (against step and wall time) in one SVG.
+    Plot {
+        /// Run directories (each with a metrics.csv).
+        #[arg(required = true, value_name = "DIR")]
+        runs: Vec<PathBuf>,
+        #[arg(long, value_name = "FILE.svg")]
+        out: PathBuf,
+    },
     /// List the GPU adapters wgpu sees, their limits, and what --device auto and gpu pick.
     Devices {
         /// Pick among adapters whose name contains this (case-insensitive); default $WGPU_ADAPTER_NAME.
@@ -80,6 +209,102 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// classify (integer labels: two classes → Bernoulli, more → categorical) or regress
+    /// (Gaussian with fixed --sigma). Default: classify when every label is an integer.
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// Hidden layer widths, comma-separated, or "none" for a linear model.
+    #[arg(long, default_value = "32", value_parser = parse_hidden)]
+    hidden: Hidden,
+    /// Hidden-layer activation.
+    #[arg(long, value_enum, default_value = "relu")]
+    activation: Act,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value = "ngd")]
+    optimizer: Optimizer,
+    /// Learning rate η (with --kl, the largest step). Default: ngd 1, sgd 0.1, adam 0.01.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Which Fisher natural gradient uses: empirical (the data's labels; cheap, often worse),
+    /// sampled (labels drawn from the model, --draws per example), exact (closed form).
+    #[arg(long, value_enum, default_value = "exact")]
+    fisher: Fisher,
+    /// Labels drawn per example for --fisher sampled.
+    #[arg(long, default_value_t = 1)]
+    draws: u32,
+    /// How the curvature is held: dense (the p×p Fisher).
+    #[arg(long, value_enum, default_value = "dense")]
+    curvature: Curvature,
+    /// Damping λ in (F + λI) d = g (the starting value with --adaptive-damping).
+    #[arg(long, default_value_t = 1e-3)]
+    damping: f32,
+    /// Levenberg–Marquardt damping: shrink λ by 2/3 when a step achieves more than 3/4 of its
+    /// predicted decrease of the objective, grow it by 3/2 when less than 1/4.
+    #[arg(long)]
+    adaptive_damping: bool,
+    /// KL trust region c: η = min(lr, √(2c / dᵀFd)); 0 turns it off (η = lr).
+    #[arg(long, default_value_t = 0.01)]
+    kl: f32,
+    /// Weight decay wd: the objective adds (wd/2)‖W‖² over weights (never biases).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Most CG iterations per natural-gradient step.
+    #[arg(long, default_value_t = 50)]
+    cg_iters: usize,
+    /// CG relative tolerance ‖r‖/‖g‖.
+    #[arg(long, default_value_t = 1e-3)]
+    cg_tol: f32,
+    /// SGD momentum μ.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Examples per step; 0 for the full batch.
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10, conflicts_with = "steps")]
+    epochs: usize,
+    /// Stop after this many steps instead.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Fraction of the data held out for validation (seeded shuffle).
+    #[arg(long, default_value_t = 0.0)]
+    val_split: f64,
+    /// Standardise features with the training set's mean and std (stored in the checkpoint).
+    #[arg(long)]
+    standardize: bool,
+    /// σ of the Gaussian likelihood (regression).
+    #[arg(long, default_value_t = 1.0)]
+    sigma: f32,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Seed of the initialisation, the split, the batches and the sampled Fisher.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory. Default: runs/<dataset>-<optimizer>.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+struct Hidden(Vec<usize>);
+
+fn parse_hidden(s: &str) -> std::result::Result<Hidden, String> {
+    if s.trim().eq_ignore_ascii_case("none") || s.trim().is_empty() {
+        return Ok(Hidden(Vec::new()));
+    }
+    s.split(',')
+        .map(|w| match w.trim().parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("{w:?} is not a positive layer width (use e.g. 64,32 or none)")),
+            Ok(v) => Ok(v),
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Hidden)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match Cli::try_parse() {
@@ -113,6 +338,61 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => train_command(*args),
+        Command::Eval {
+            model,
+            data,
+            json,
+            device,
+        } => {
+            let checkpoint = Checkpoint::load(&model)?;
+            let data = apply::load_for(&checkpoint, &data.source(None)?, 0)?;
+            let b = open(&device)?;
+            let e = with_backend!(&b, b => apply::eval(b, &checkpoint, &data))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "loss": e.loss, "accuracy": e.accuracy, "n": data.n })
+                );
+            } else {
+                let accuracy = e.accuracy.map(|a| format!(", accuracy {a:.4}")).unwrap_or_default();
+                println!("{}: {} examples, loss {:.6}{accuracy}", data.name, data.n, e.loss);
+            }
+            Ok(())
+        }
+        Command::Fisher {
+            model,
+            data,
+            fisher,
+            draws,
+            seed,
+            out,
+            device,
+        } => {
+            let checkpoint = Checkpoint::load(&model)?;
+            let data = apply::load_for(&checkpoint, &data.source(None)?, seed)?;
+            let kind = fisher_kind(fisher, draws)?;
+            let b = open(&device)?;
+            let f = with_backend!(&b, b => apply::fisher(b, &checkpoint, &data, kind, seed))?;
+            let p = checkpoint.mlp.num_params();
+            io::npy::write_f32(&out, p, p, &f)?;
+            println!(
+                "{} Fisher over {} examples: {p}×{p} f32 written to {}",
+                kind.name(),
+                data.n,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Plot { runs, out } => {
+            let series = runs
+                .iter()
+                .map(|dir| io::plot::read_run(dir))
+                .collect::<natgrad::Result<Vec<_>>>()?;
+            io::plot::loss_plot(&series, &out)?;
+            println!("{} runs plotted to {}", series.len(), out.display());
+            Ok(())
+        }
         Command::Devices { adapter } => {
             print!("{}", device::listing(adapter.as_deref()));
             Ok(())
@@ -153,6 +433,217 @@ fn run(cli: Cli) -> Result<()> {
                 demo::summary(&problem, &outcomes, check.unwrap_or(params <= 1024))
             );
             Ok(())
+        }
+    }
+}
+
+fn fisher_kind(fisher: Fisher, draws: u32) -> Result<FisherKind> {
+    Ok(match fisher {
+        Fisher::Empirical => FisherKind::Empirical,
+        Fisher::Exact => FisherKind::Exact,
+        Fisher::Sampled if draws == 0 => bail!("--draws must be at least 1"),
+        Fisher::Sampled => FisherKind::Sampled { draws },
+    })
+}
+
+/// Opens the device and prints the one-line notice of what was picked.
+fn open(args: &DeviceArgs) -> Result<AnyBackend> {
+    let (b, notice) = device::open(args.device.into(), args.adapter.as_deref())?;
+    eprintln!("natgrad: {notice}");
+    Ok(b)
+}
+
+fn train_command(a: TrainArgs) -> Result<()> {
+    let data = a.data.source(Some("digits"))?;
+    let kind = match a.optimizer {
+        Optimizer::Ngd => OptimizerKind::Ngd,
+        Optimizer::Sgd => OptimizerKind::Sgd,
+        Optimizer::Adam => OptimizerKind::Adam,
+    };
+    let lr = a.lr.unwrap_or(match kind {
+        OptimizerKind::Ngd => 1.0,
+        OptimizerKind::Sgd => 0.1,
+        OptimizerKind::Adam => 0.01,
+    });
+    let Curvature::Dense = a.curvature;
+    let optim = OptimConfig {
+        kind,
+        lr,
+        momentum: a.momentum,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: a.weight_decay,
+        ngd: NgdConfig {
+            fisher: fisher_kind(a.fisher, a.draws)?,
+            damping: a.damping,
+            adaptive_damping: a.adaptive_damping,
+            kl: a.kl,
+            cg: CgParams {
+                max_iters: a.cg_iters,
+                rel_tol: a.cg_tol,
+            },
+        },
+    };
+    optim.validate()?;
+    let task = match a.task {
+        None => TaskChoice::Auto,
+        Some(Task::Classify) => TaskChoice::Classify,
+        Some(Task::Regress) => TaskChoice::Regress,
+    };
+    let activation = match a.activation {
+        Act::Tanh => Activation::Tanh,
+        Act::Relu => Activation::Relu,
+        Act::Sigmoid => Activation::Sigmoid,
+        Act::Gelu => Activation::Gelu,
+    };
+    let out = a.out.unwrap_or_else(|| train::default_out(&data, kind.name()));
+    let cfg = RunConfig {
+        data,
+        task,
+        hidden: a.hidden.0,
+        activation,
+        sigma: a.sigma,
+        optim,
+        batch: a.batch,
+        epochs: a.epochs,
+        steps: a.steps,
+        val_split: a.val_split,
+        standardize: a.standardize,
+        seed: a.seed,
+        out,
+    };
+    let prepared = train::prepare(&cfg)?;
+    let b = open(&a.device)?;
+    println!(
+        "natgrad train: {} ({} examples{}), MLP {} ({} parameters, {}), {} on {}",
+        prepared.train.name,
+        prepared.train.n,
+        prepared
+            .val
+            .as_ref()
+            .map(|v| format!(", {} held out", v.n))
+            .unwrap_or_default(),
+        prepared
+            .mlp
+            .widths()
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("-"),
+        prepared.mlp.num_params(),
+        prepared.mlp.likelihood().name(),
+        describe_optimizer(&cfg.optim),
+        b.kind()
+    );
+    let mut progress = Progress::new();
+    let device = (b.kind(), b.describe());
+    let summary =
+        with_backend!(&b, b => train::run(b, &cfg, &prepared, (device.0, &device.1), &mut |e| progress.event(e)));
+    progress.finish();
+    let summary = summary?;
+    let accuracy = summary["train_accuracy"]
+        .as_f64()
+        .map(|a| format!(", accuracy {a:.4}"))
+        .unwrap_or_default();
+    let val = summary["val_loss"]
+        .as_f64()
+        .map(|l| {
+            let a = summary["val_accuracy"]
+                .as_f64()
+                .map(|a| format!(", accuracy {a:.4}"))
+                .unwrap_or_default();
+            format!("; validation loss {l:.6}{a}")
+        })
+        .unwrap_or_default();
+    println!(
+        "done: {} steps in {:.2} s; training loss {:.6}{accuracy}{val}",
+        summary["steps"],
+        summary["wall_s"].as_f64().unwrap_or(0.0),
+        summary["train_loss"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "outputs in {}: metrics.csv, epochs.csv, summary.json, model.safetensors, loss.svg",
+        cfg.out.display()
+    );
+    Ok(())
+}
+
+fn describe_optimizer(o: &OptimConfig) -> String {
+    match o.kind {
+        OptimizerKind::Ngd => format!(
+            "ngd ({} Fisher, λ {}{}, {}lr {})",
+            o.ngd.fisher.name(),
+            o.ngd.damping,
+            if o.ngd.adaptive_damping { " adaptive" } else { "" },
+            if o.ngd.kl > 0.0 {
+                format!("KL trust region {}, ", o.ngd.kl)
+            } else {
+                String::new()
+            },
+            o.lr
+        ),
+        OptimizerKind::Sgd => format!("sgd (lr {}, momentum {})", o.lr, o.momentum),
+        OptimizerKind::Adam => format!("adam (lr {})", o.lr),
+    }
+}
+
+/// A progress bar on a terminal, one line per epoch otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { bar: None }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Start { total_steps } if std::io::stdout().is_terminal() => {
+                let bar = indicatif::ProgressBar::new(total_steps as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}") {
+                    bar.set_style(style);
+                }
+                self.bar = Some(bar);
+            }
+            Event::Start { .. } => {}
+            Event::Step(row) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(row.step as u64);
+                    bar.set_message(format!("epoch {} loss {:.4}", row.epoch, row.loss));
+                }
+            }
+            Event::Epoch(row) => {
+                let accuracy = row
+                    .train_accuracy
+                    .map(|a| format!(" accuracy {a:.4}"))
+                    .unwrap_or_default();
+                let val = row
+                    .val_loss
+                    .map(|l| {
+                        let a = row
+                            .val_accuracy
+                            .map(|a| format!(" accuracy {a:.4}"))
+                            .unwrap_or_default();
+                        format!(" | validation loss {l:.4}{a}")
+                    })
+                    .unwrap_or_default();
+                let line = format!(
+                    "epoch {:>3}: training loss {:.6}{accuracy}{val} ({:.2} s)",
+                    row.epoch, row.train_loss, row.wall_s
+                );
+                match &self.bar {
+                    Some(bar) => bar.println(line),
+                    None => println!("{line}"),
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

@@ -216,7 +216,9 @@ fn a_zero_gradient_gives_a_zero_direction() {
 fn iteration_limits_are_kept_across_submissions() {
     backends_each(|solve, name| {
         let s = System::new(50, 40, 9);
-        let start = vec![0.5; 40];
+        // half the solution: residual ‖g‖/2, a warm start better than zero, so it is kept
+        let exact = reference::solve_spd(&reference::to_f64(&s.f), 0.1, &reference::to_f64(&s.g)).unwrap();
+        let start: Vec<f32> = exact.iter().map(|v| (0.5 * v) as f32).collect();
         let (report, d) = solve(
             &s,
             0.1,
@@ -281,4 +283,25 @@ fn gpu_and_cpu_take_the_same_path() {
         let diff = common::rel_diff(&d, &cpu_d);
         assert!(diff < 1e-3, "GPU vs CPU direction: {diff:.2e}");
     }
+}
+
+#[test]
+fn a_warm_start_worse_than_zero_is_dropped() {
+    let params = CgParams {
+        max_iters: 500,
+        rel_tol: 1e-5,
+    };
+    backends_each(|solve, name| {
+        let p = 70;
+        let s = System::new(150, p, 13);
+        let (cold, _) = solve(&s, 1e-2, &vec![0.0; p], params);
+        let bad: Vec<f32> = normal(&mut rng(14), p).iter().map(|v| 1e3 * v).collect();
+        let (warm, d) = solve(&s, 1e-2, &bad, params);
+        assert_eq!(warm.outcome, CgOutcome::Converged, "{name}: {warm:?}");
+        assert!(
+            warm.iterations <= cold.iterations + 1,
+            "{name}: {warm:?} vs cold {cold:?}"
+        );
+        assert!(s.true_residual(1e-2, &d) < 2e-5, "{name}");
+    });
 }

@@ -18,9 +18,15 @@ pub fn solve(a: &CpuMatrix, damping: f32, g: &[f32], d: &mut [f32], params: &CgP
     let mut q = vec![0.0f32; n];
     a.matvec(damping, d, &mut q);
     let mut r: Vec<f32> = g.iter().zip(&q).map(|(gi, qi)| gi - qi).collect();
-    let mut s = r.clone();
     let gg = dot(g, g);
     let mut rr = dot(&r, &r);
+    if rr > gg {
+        // the warm start is worse than none: start from d = 0
+        d.fill(0.0);
+        r.copy_from_slice(g);
+        rr = gg;
+    }
+    let mut s = r.clone();
     let tol2 = (params.rel_tol as f64).powi(2);
     // the largest Rayleigh quotient seen: A's scale for the breakdown test
     let mut mu = 0.0f64;

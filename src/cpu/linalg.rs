@@ -174,3 +174,30 @@ pub fn xpby(x: &[f32], beta: f32, y: &mut [f32]) {
         *yi = *xi + beta * *yi;
     }
 }
+
+/// `Σ xᵢ wᵢ yᵢ`, accumulated in f64.
+pub fn weighted_dot(x: &[f32], w: &[f32], y: &[f32]) -> f64 {
+    x.iter()
+        .zip(w)
+        .zip(y)
+        .map(|((a, b), c)| *a as f64 * *b as f64 * *c as f64)
+        .sum()
+}
+
+/// velocity ← μ·velocity + g; θ ← θ − lr·velocity
+pub fn sgd_step(theta: &mut [f32], g: &[f32], velocity: &mut [f32], lr: f32, momentum: f32) {
+    for ((t, gi), v) in theta.iter_mut().zip(g).zip(velocity.iter_mut()) {
+        *v = momentum * *v + gi;
+        *t -= lr * *v;
+    }
+}
+
+/// One Adam update: the twin of `adam_step` in shaders/optim.wgsl.
+pub fn adam_step(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: crate::optim::AdamStep) {
+    let (bias1, bias2) = step.bias_corrections();
+    for (((t, gi), mi), vi) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *mi = step.beta1 * *mi + (1.0 - step.beta1) * gi;
+        *vi = step.beta2 * *vi + (1.0 - step.beta2) * gi * gi;
+        *t -= step.lr * (*mi / bias1) / ((*vi / bias2).sqrt() + step.eps);
+    }
+}

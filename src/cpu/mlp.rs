@@ -32,6 +32,11 @@ impl CpuBatch {
         self.n == 0
     }
 
+    /// The network's outputs of the last forward pass, n × outputs.
+    pub fn outputs(&self) -> &[f32] {
+        &self.z[self.z.len() - 1]
+    }
+
     fn layer_input(&self, l: usize) -> &[f32] {
         if l == 0 { &self.x } else { &self.act[l - 1] }
     }

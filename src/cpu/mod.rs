@@ -13,6 +13,7 @@ use crate::backend::{self, Backend, BatchLoss};
 use crate::error::{Error, Result};
 use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
+use crate::optim::AdamStep;
 use crate::solve::{CgParams, CgReport};
 
 /// The most a G chunk takes on the CPU: large enough that chunking costs nothing, small enough
@@ -193,6 +194,47 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn weighted_dot(&self, x: &Vec<f32>, w: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
+        backend::check_same_len(x.len(), y.len())?;
+        backend::check_same_len(x.len(), w.len())?;
+        Ok(linalg::weighted_dot(x, w, y) as f32)
+    }
+
+    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn sgd_step(
+        &self,
+        theta: &mut Vec<f32>,
+        g: &Vec<f32>,
+        velocity: &mut Vec<f32>,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()> {
+        backend::check_same_len(theta.len(), g.len())?;
+        backend::check_same_len(theta.len(), velocity.len())?;
+        linalg::sgd_step(theta, g, velocity, lr, momentum);
+        Ok(())
+    }
+
+    fn adam_step(
+        &self,
+        theta: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        step: AdamStep,
+    ) -> Result<()> {
+        for len in [g.len(), m.len(), v.len()] {
+            backend::check_same_len(theta.len(), len)?;
+        }
+        linalg::adam_step(theta, g, m, v, step);
+        Ok(())
+    }
+
     fn add_diagonal(&self, a: &mut CpuMatrix, d: &Vec<f32>) -> Result<()> {
         backend::check_matvec((a.rows, a.cols), d.len(), d.len())?;
         let n = a.cols;
@@ -214,6 +256,10 @@ impl Backend for Cpu {
 
     fn forward(&self, mlp: &Mlp, theta: &Vec<f32>, batch: &mut mlp::CpuBatch) -> Result<()> {
         mlp::forward(mlp, theta, batch)
+    }
+
+    fn outputs(&self, _mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<Vec<f32>> {
+        Ok(batch.outputs().to_vec())
     }
 
     fn batch_loss(&self, mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<BatchLoss> {

@@ -52,7 +52,9 @@ pub fn spirals(arms: usize, per_arm: usize, seed: u64) -> Dataset {
         y,
         n: arms * per_arm,
         d: 2,
-        task: Task::Classify { labels: (0..arms).map(|c| c as f64).collect() },
+        task: Task::Classify {
+            labels: (0..arms).map(|c| c as f64).collect(),
+        },
     }
 }
 
@@ -62,12 +64,17 @@ pub fn blobs(centers: usize, per_blob: usize, seed: u64) -> Dataset {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let place = Uniform::new(-5.0f64, 5.0).expect("a valid range");
     let spread = Normal::new(0.0, 1.0).expect("a valid normal");
-    let centres: Vec<[f64; 2]> = (0..centers).map(|_| [place.sample(&mut rng), place.sample(&mut rng)]).collect();
+    let centres: Vec<[f64; 2]> = (0..centers)
+        .map(|_| [place.sample(&mut rng), place.sample(&mut rng)])
+        .collect();
     let mut x = Vec::with_capacity(2 * centers * per_blob);
     let mut y = Vec::with_capacity(centers * per_blob);
     for (c, centre) in centres.iter().enumerate() {
         for _ in 0..per_blob {
-            x.extend([(centre[0] + spread.sample(&mut rng)) as f32, (centre[1] + spread.sample(&mut rng)) as f32]);
+            x.extend([
+                (centre[0] + spread.sample(&mut rng)) as f32,
+                (centre[1] + spread.sample(&mut rng)) as f32,
+            ]);
             y.push(c as f32);
         }
     }
@@ -77,6 +84,8 @@ pub fn blobs(centers: usize, per_blob: usize, seed: u64) -> Dataset {
         y,
         n: centers * per_blob,
         d: 2,
-        task: Task::Classify { labels: (0..centers).map(|c| c as f64).collect() },
+        task: Task::Classify {
+            labels: (0..centers).map(|c| c as f64).collect(),
+        },
     }
 }

@@ -18,8 +18,16 @@ pub struct Table {
 
 /// Parses CSV text; `source` names it in errors (the path, or a built-in dataset's name).
 pub fn parse(source: &str, text: &str) -> std::result::Result<Table, DataError> {
-    let err = |line: u64, msg: String| DataError { source: source.to_owned(), line: Some(line), msg };
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let err = |line: u64, msg: String| DataError {
+        source: source.to_owned(),
+        line: Some(line),
+        msg,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
     let mut header = None;
     let mut features = Vec::new();
     let mut labels = Vec::new();
@@ -64,16 +72,29 @@ pub fn parse(source: &str, text: &str) -> std::result::Result<Table, DataError> 
         rows += 1;
     }
     if rows == 0 {
-        return Err(DataError { source: source.to_owned(), line: None, msg: "no data rows".into() });
+        return Err(DataError {
+            source: source.to_owned(),
+            line: None,
+            msg: "no data rows".into(),
+        });
     }
-    Ok(Table { features, labels, rows, cols, header })
+    Ok(Table {
+        features,
+        labels,
+        rows,
+        cols,
+        header,
+    })
 }
 
 /// Reads and parses a CSV file.
 pub fn read(path: &Path) -> Result<Table> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DataError { source: source.clone(), line: None, msg: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| DataError {
+        source: source.clone(),
+        line: None,
+        msg: format!("cannot read: {e}"),
+    })?;
     Ok(parse(&source, &text)?)
 }
 
@@ -83,7 +104,9 @@ mod tests {
 
     #[test]
     fn header_is_optional_and_blank_lines_are_skipped() {
-        let with = parse("t", "a,b,label\n1,2,0\n\n3,4,1\n").map_err(|e| e.to_string()).unwrap();
+        let with = parse("t", "a,b,label\n1,2,0\n\n3,4,1\n")
+            .map_err(|e| e.to_string())
+            .unwrap();
         assert_eq!((with.rows, with.cols, with.labels.clone()), (2, 3, vec![0.0, 1.0]));
         assert_eq!(with.header.unwrap()[2], "label");
         let without = parse("t", "1,2,0\n3,4,1\n").map_err(|e| e.to_string()).unwrap();
@@ -99,11 +122,18 @@ mod tests {
             ("1,2,0\n1,inf,1\n", "t line 2: column 2: inf (data must be finite)"),
             ("a,b,c\n", "t: no data rows"),
             ("", "t: no data rows"),
-            ("5\n6\n", "t line 1: one column: need at least one feature and the label"),
+            (
+                "5\n6\n",
+                "t line 1: one column: need at least one feature and the label",
+            ),
             ("1,x,0\n1,2,1\n", "t line 1: column 2: \"x\" is not a number"),
         ];
         for (text, expected) in cases {
-            assert_eq!(parse("t", text).err().map(|e| e.to_string()).as_deref(), Some(expected), "{text:?}");
+            assert_eq!(
+                parse("t", text).err().map(|e| e.to_string()).as_deref(),
+                Some(expected),
+                "{text:?}"
+            );
         }
     }
 }

@@ -79,7 +79,9 @@ impl Dataset {
             }
             TaskChoice::Classify => true,
             TaskChoice::Auto if !integer => {
-                return Err(err("the labels (last column) are not all integers; for regression pass --task regress".into()));
+                return Err(err(
+                    "the labels (last column) are not all integers; for regression pass --task regress".into(),
+                ));
             }
             TaskChoice::Auto => true,
         };
@@ -88,9 +90,16 @@ impl Dataset {
             labels.sort_by(f64::total_cmp);
             labels.dedup();
             if labels.len() < 2 {
-                return Err(err(format!("only one class (label {}) in the data: nothing to classify", labels[0])));
+                return Err(err(format!(
+                    "only one class (label {}) in the data: nothing to classify",
+                    labels[0]
+                )));
             }
-            let y = table.labels.iter().map(|v| labels.partition_point(|l| l < v) as f32).collect();
+            let y = table
+                .labels
+                .iter()
+                .map(|v| labels.partition_point(|l| l < v) as f32)
+                .collect();
             (y, Task::Classify { labels })
         } else {
             (table.labels.iter().map(|&v| v as f32).collect(), Task::Regress)
@@ -102,6 +111,42 @@ impl Dataset {
             n: table.rows,
             d: table.cols - 1,
             task,
+        })
+    }
+
+    /// Builds a dataset for a trained model: the features must number `inputs` and the labels be
+    /// ones the model was trained on (`task`).
+    pub fn for_model(name: &str, table: csv::Table, task: &Task, inputs: usize) -> Result<Self> {
+        let err = |msg: String| Error::Data(format!("{name}: {msg}"));
+        if table.cols - 1 != inputs {
+            return Err(err(format!(
+                "{} features per row, but the model takes {inputs}",
+                table.cols - 1
+            )));
+        }
+        let y = match task {
+            Task::Classify { labels } => table
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    labels.iter().position(|l| l == v).map(|c| c as f32).ok_or_else(|| {
+                        err(format!(
+                            "data row {}: label {v} is not one the model was trained on ({labels:?})",
+                            row + 1
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
+            Task::Regress => table.labels.iter().map(|&v| v as f32).collect(),
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            x: table.features.iter().map(|&v| v as f32).collect(),
+            y,
+            n: table.rows,
+            d: inputs,
+            task: task.clone(),
         })
     }
 
@@ -133,14 +178,24 @@ impl Dataset {
 
     fn subset(&self, indices: &[usize], name: String) -> Self {
         let (x, y) = self.gather(indices);
-        Self { name, x, y, n: indices.len(), d: self.d, task: self.task.clone() }
+        Self {
+            name,
+            x,
+            y,
+            n: indices.len(),
+            d: self.d,
+            task: self.task.clone(),
+        }
     }
 
     /// A seeded shuffle into (training, validation) with `fraction` of the examples held out
     /// (none when 0).
     pub fn split(self, fraction: f64, seed: u64) -> Result<(Dataset, Option<Dataset>)> {
         if !(0.0..1.0).contains(&fraction) {
-            return Err(Error::InvalidArgument { name: "--val-split", reason: format!("{fraction} is not in [0, 1)") });
+            return Err(Error::InvalidArgument {
+                name: "--val-split",
+                reason: format!("{fraction} is not in [0, 1)"),
+            });
         }
         let held = (self.n as f64 * fraction).round() as usize;
         if held == 0 {
@@ -156,7 +211,10 @@ impl Dataset {
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ SPLIT_STREAM));
         let (val, train) = order.split_at(held);
         let name = self.name.clone();
-        Ok((self.subset(train, name.clone()), Some(self.subset(val, format!("{name} (validation)")))))
+        Ok((
+            self.subset(train, name.clone()),
+            Some(self.subset(val, format!("{name} (validation)"))),
+        ))
     }
 }
 
@@ -187,8 +245,14 @@ impl Standardizer {
             }
         }
         // a constant feature keeps its scale: dividing by 0 would make it NaN
-        let std = sq.iter().map(|v| if *v > 0.0 { v.sqrt() as f32 } else { 1.0 }).collect();
-        Self { mean: mean.iter().map(|&m| m as f32).collect(), std }
+        let std = sq
+            .iter()
+            .map(|v| if *v > 0.0 { v.sqrt() as f32 } else { 1.0 })
+            .collect();
+        Self {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
     }
 
     pub fn apply(&self, data: &mut Dataset) {
@@ -207,9 +271,35 @@ pub fn batches(n: usize, batch: usize, seed: u64, epoch: usize) -> Vec<Vec<usize
     if batch == 0 || batch >= n {
         return vec![order];
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64));
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64));
     order.shuffle(&mut rng);
     order.chunks(batch).map(<[usize]>::to_vec).collect()
+}
+
+/// The table of a built-in dataset or CSV file, before any task is decided.
+pub fn load_table(source: &str, seed: u64) -> Result<(String, csv::Table)> {
+    match builtin::by_name(source, seed) {
+        Some(data) => {
+            let data = data?;
+            let labels = match &data.task {
+                Task::Classify { labels } => data.y.iter().map(|&c| labels[c as usize]).collect(),
+                Task::Regress => data.y.iter().map(|&v| v as f64).collect(),
+            };
+            let features = data.x.iter().map(|&v| v as f64).collect();
+            Ok((
+                data.name,
+                csv::Table {
+                    features,
+                    labels,
+                    rows: data.n,
+                    cols: data.d + 1,
+                    header: None,
+                },
+            ))
+        }
+        None => Ok((source.to_owned(), csv::read(Path::new(source))?)),
+    }
 }
 
 /// A dataset by built-in name or CSV path: `digits`, `spirals`, `blobs`, or a file.

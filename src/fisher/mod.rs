@@ -146,6 +146,45 @@ pub fn output_seed(
     }
 }
 
+/// How one batch's rows of G enter a Fisher that may span several batches.
+#[derive(Clone, Copy, Debug)]
+pub struct Part {
+    pub kind: FisherKind,
+    pub key: SampleKey,
+    /// n in F = (1/n) GᵀG: the examples of every batch together.
+    pub examples_in_total: usize,
+    /// Add to F (a later batch) rather than overwrite it (the first).
+    pub accumulate: bool,
+}
+
+/// `F (+)= (1/n_total) GᵀG` over this batch's rows of G, `chunk` rows at a time.
+pub fn accumulate_in_chunks<B: Backend>(
+    b: &B,
+    mlp: &Mlp,
+    theta: &B::Vector,
+    batch: &mut B::Batch,
+    part: Part,
+    f: &mut B::Matrix,
+    chunk: usize,
+) -> Result<()> {
+    let p = mlp.num_params();
+    let total = b.batch_size(batch) * part.kind.rows_per_example(mlp.likelihood());
+    let chunk = chunk.clamp(1, total);
+    let scale = 1.0 / part.examples_in_total as f32;
+    let mut g = b.zeros_matrix("score rows G (one chunk)", chunk, p)?;
+    let mut start = 0;
+    while start < total {
+        let end = (start + chunk).min(total);
+        if end - start != chunk {
+            g = b.zeros_matrix("score rows G (last chunk)", end - start, p)?;
+        }
+        b.score_rows(mlp, theta, batch, part.kind, part.key, start..end, &mut g)?;
+        b.fisher_accumulate(f, &g, scale, part.accumulate || start > 0)?;
+        start = end;
+    }
+    Ok(())
+}
+
 /// Rows of G per chunk for p parameters: as many as one device matrix holds, at most `total`,
 /// and at most 65535 (one GPU dispatch dimension).
 pub fn chunk_rows<B: Backend>(b: &B, p: usize, total: usize) -> Result<usize> {
@@ -197,21 +236,14 @@ pub fn build_in_chunks<B: Backend>(
     f: &mut B::Matrix,
     chunk: usize,
 ) -> Result<()> {
-    let p = mlp.num_params();
     let n = b.batch_size(batch);
-    let total = n * kind.rows_per_example(mlp.likelihood());
-    let chunk = chunk.clamp(1, total);
-    let mut g = b.zeros_matrix("score rows G (one chunk)", chunk, p)?;
-    let mut start = 0;
-    while start < total {
-        let end = (start + chunk).min(total);
-        if end - start != chunk {
-            g = b.zeros_matrix("score rows G (last chunk)", end - start, p)?;
-        }
-        b.score_rows(mlp, theta, batch, kind, key, start..end, &mut g)?;
-        b.fisher_accumulate(f, &g, 1.0 / n as f32, start > 0)?;
-        start = end;
-    }
+    let part = Part {
+        kind,
+        key,
+        examples_in_total: n,
+        accumulate: false,
+    };
+    accumulate_in_chunks(b, mlp, theta, batch, part, f, chunk)?;
     if weight_decay != 0.0 {
         let decay: Vec<f32> = mlp.weight_mask().iter().map(|m| m * weight_decay).collect();
         b.add_diagonal(f, &b.upload_vector("weight decay diagonal", &decay)?)?;

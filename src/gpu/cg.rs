@@ -38,7 +38,8 @@ struct State {
     rel_residual: f32,
     iters: u32,
     status: u32,
-    pad: [u32; 2],
+    restart: u32,
+    pad: u32,
 }
 
 const STATE_BYTES: u64 = size_of::<State>() as u64;
@@ -50,6 +51,7 @@ pub struct CgKernels {
     matvec: wgpu::ComputePipeline,
     init: wgpu::ComputePipeline,
     init_state: wgpu::ComputePipeline,
+    restart: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
     direction: wgpu::ComputePipeline,
     final_residual: wgpu::ComputePipeline,
@@ -105,6 +107,7 @@ impl CgKernels {
         Ok(Self {
             init: p("cg_init")?,
             init_state: p("cg_init_state")?,
+            restart: p("cg_restart")?,
             update: p("cg_update")?,
             direction: p("cg_direction")?,
             final_residual: p("cg_final_residual")?,
@@ -197,6 +200,10 @@ impl CgKernels {
             pass.dispatch_workgroups(vec_groups, 1, 1);
             pass.set_pipeline(&self.init_state);
             pass.dispatch_workgroups(1, 1, 1);
+            // the even group reads states[0], just written
+            pass.set_bind_group(0, &groups[0], &[]);
+            pass.set_pipeline(&self.restart);
+            pass.dispatch_workgroups(vec_groups, 1, 1);
         }
         let mut k = 0;
         loop {

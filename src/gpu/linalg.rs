@@ -21,6 +21,7 @@ pub(crate) struct Params {
 pub struct LinalgKernels {
     pub(crate) matvec: wgpu::ComputePipeline,
     dot_partial: wgpu::ComputePipeline,
+    weighted_dot_partial: wgpu::ComputePipeline,
     dot_final: wgpu::ComputePipeline,
     axpy: wgpu::ComputePipeline,
     xpby: wgpu::ComputePipeline,
@@ -49,6 +50,7 @@ impl LinalgKernels {
         Ok(Self {
             matvec: p("matvec")?,
             dot_partial: p("dot_partial")?,
+            weighted_dot_partial: p("weighted_dot_partial")?,
             dot_final: p("dot_final")?,
             axpy: p("axpy")?,
             xpby: p("xpby")?,
@@ -114,8 +116,8 @@ impl LinalgKernels {
         Ok(())
     }
 
-    /// xᵀy, read back (waits for the device).
-    pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector) -> Result<f32> {
+    /// xᵀy, or Σ xᵢ wᵢ yᵢ with `weights`, read back (waits for the device).
+    pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector, weights: Option<&GpuVector>) -> Result<f32> {
         let n4 = x.n4();
         let groups = vector_groups(n4)?;
         let partial = ctx.storage_buffer(
@@ -133,12 +135,15 @@ impl LinalgKernels {
                 count: groups,
             },
         );
-        let first = kernel::bind_some(
-            ctx,
-            &self.dot_partial.get_bind_group_layout(0),
-            "dot",
-            &[(0, &params), (2, &x.buffer), (3, &y.buffer), (4, &partial)],
-        );
+        let mut entries = vec![(0, &params), (2, &x.buffer), (3, &y.buffer), (4, &partial)];
+        let first_pipeline = match weights {
+            Some(w) => {
+                entries.push((1, &w.buffer));
+                &self.weighted_dot_partial
+            }
+            None => &self.dot_partial,
+        };
+        let first = kernel::bind_some(ctx, &first_pipeline.get_bind_group_layout(0), "dot", &entries);
         let second = kernel::bind_some(
             ctx,
             &self.dot_final.get_bind_group_layout(0),
@@ -148,7 +153,7 @@ impl LinalgKernels {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&self.dot_partial);
+            pass.set_pipeline(first_pipeline);
             pass.set_bind_group(0, &first, &[]);
             pass.dispatch_workgroups(groups, 1, 1);
             pass.set_pipeline(&self.dot_final);

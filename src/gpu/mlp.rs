@@ -194,6 +194,11 @@ impl MlpKernels {
         ctx.check_fault()
     }
 
+    pub fn outputs(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<Vec<f32>> {
+        let last = batch.z.len() - 1;
+        ctx.read_back(&batch.z[last], 0, (batch.n * mlp.outputs() * 4) as u64)
+    }
+
     pub fn batch_loss(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<BatchLoss> {
         let groups = (batch.n as u32).div_ceil(WG);
         let partial = f32_buffer(ctx, "loss partial sums", 2 * groups as usize)?;

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod linalg;
 pub mod matmul;
 pub mod mlp;
+pub mod optim;
 pub mod shader;
 
 pub use buffer::{GpuMatrix, GpuVector};
@@ -22,6 +23,7 @@ use crate::backend::{self, Backend, BatchLoss};
 use crate::error::{Error, Result};
 use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
+use crate::optim::AdamStep;
 use crate::solve::{self, CgParams, CgReport};
 use shader::Variant;
 
@@ -50,6 +52,7 @@ pub struct Gpu {
     linalg: linalg::LinalgKernels,
     cg: cg::CgKernels,
     mlp: mlp::MlpKernels,
+    optim: optim::OptimKernels,
     subgroups: bool,
 }
 
@@ -74,6 +77,7 @@ impl Gpu {
             fisher: fisher::FisherKernel::new(&ctx, nb)?,
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
             mlp: mlp::MlpKernels::new(&ctx, &linalg_variant)?,
+            optim: optim::OptimKernels::new(&ctx)?,
             linalg,
             subgroups,
             ctx,
@@ -164,7 +168,7 @@ impl Backend for Gpu {
 
     fn dot(&self, x: &GpuVector, y: &GpuVector) -> Result<f32> {
         backend::check_same_len(x.len, y.len)?;
-        self.linalg.dot(&self.ctx, x, y)
+        self.linalg.dot(&self.ctx, x, y, None)
     }
 
     fn axpy(&self, alpha: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
@@ -195,6 +199,50 @@ impl Backend for Gpu {
         self.ctx.wait(index)
     }
 
+    fn weighted_dot(&self, x: &GpuVector, w: &GpuVector, y: &GpuVector) -> Result<f32> {
+        backend::check_same_len(x.len, y.len)?;
+        backend::check_same_len(x.len, w.len)?;
+        self.linalg.dot(&self.ctx, x, y, Some(w))
+    }
+
+    fn copy(&self, src: &GpuVector, dst: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(src.len, dst.len)?;
+        self.submit(|encoder| {
+            encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, src.buffer.size());
+            Ok(())
+        })
+    }
+
+    fn sgd_step(
+        &self,
+        theta: &mut GpuVector,
+        g: &GpuVector,
+        velocity: &mut GpuVector,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()> {
+        backend::check_same_len(theta.len, g.len)?;
+        backend::check_same_len(theta.len, velocity.len)?;
+        self.submit(|encoder| {
+            self.optim
+                .record_sgd(&self.ctx, encoder, theta, g, velocity, lr, momentum)
+        })
+    }
+
+    fn adam_step(
+        &self,
+        theta: &mut GpuVector,
+        g: &GpuVector,
+        m: &mut GpuVector,
+        v: &mut GpuVector,
+        step: AdamStep,
+    ) -> Result<()> {
+        for len in [g.len, m.len, v.len] {
+            backend::check_same_len(theta.len, len)?;
+        }
+        self.submit(|encoder| self.optim.record_adam(&self.ctx, encoder, theta, g, m, v, step))
+    }
+
     fn add_diagonal(&self, a: &mut GpuMatrix, d: &GpuVector) -> Result<()> {
         backend::check_matvec((a.rows, a.cols), d.len, d.len)?;
         self.submit(|encoder| self.linalg.record_add_diagonal(&self.ctx, encoder, a, d))
@@ -217,6 +265,10 @@ impl Backend for Gpu {
 
     fn forward(&self, mlp: &Mlp, theta: &GpuVector, batch: &mut mlp::GpuBatch) -> Result<()> {
         self.mlp.forward(&self.ctx, mlp, theta, batch)
+    }
+
+    fn outputs(&self, mlp: &Mlp, batch: &mlp::GpuBatch) -> Result<Vec<f32>> {
+        self.mlp.outputs(&self.ctx, mlp, batch)
     }
 
     fn batch_loss(&self, mlp: &Mlp, batch: &mlp::GpuBatch) -> Result<BatchLoss> {

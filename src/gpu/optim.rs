@@ -1,0 +1,115 @@
+//! First-order updates on the GPU (`shaders/optim.wgsl`): SGD with momentum, and Adam.
+
+use super::buffer::GpuVector;
+use super::context::GpuContext;
+use super::kernel;
+use super::linalg::vector_groups;
+use super::shader::Variant;
+use crate::error::Result;
+use crate::optim::AdamStep;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n4: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bias1: f32,
+    bias2: f32,
+    pad: u32,
+}
+
+pub struct OptimKernels {
+    sgd: wgpu::ComputePipeline,
+    adam: wgpu::ComputePipeline,
+}
+
+impl OptimKernels {
+    pub fn new(ctx: &GpuContext) -> Result<Self> {
+        let module = kernel::compile(ctx, "optim", &Variant::default())?;
+        Ok(Self {
+            sgd: kernel::pipeline(ctx, &module, "sgd_step", None)?,
+            adam: kernel::pipeline(ctx, &module, "adam_step", None)?,
+        })
+    }
+
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        params: Params,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> Result<()> {
+        let groups = vector_groups(params.n4)?;
+        let uniform = ctx.uniform("optim params", &params);
+        let mut entries = vec![(0, &uniform)];
+        entries.extend_from_slice(buffers);
+        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "optim", &entries);
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+        Ok(())
+    }
+
+    /// velocity ← μ·velocity + g; θ ← θ − lr·velocity.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_sgd(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        theta: &GpuVector,
+        g: &GpuVector,
+        velocity: &GpuVector,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()> {
+        let params = Params {
+            n4: theta.n4(),
+            lr,
+            beta1: momentum,
+            beta2: 0.0,
+            eps: 0.0,
+            bias1: 1.0,
+            bias2: 1.0,
+            pad: 0,
+        };
+        self.record(
+            ctx,
+            encoder,
+            &self.sgd,
+            params,
+            &[(1, &theta.buffer), (2, &g.buffer), (3, &velocity.buffer)],
+        )
+    }
+
+    /// One Adam update of θ with moments m and v.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_adam(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        theta: &GpuVector,
+        g: &GpuVector,
+        m: &GpuVector,
+        v: &GpuVector,
+        step: AdamStep,
+    ) -> Result<()> {
+        let (bias1, bias2) = step.bias_corrections();
+        let params = Params {
+            n4: theta.n4(),
+            lr: step.lr,
+            beta1: step.beta1,
+            beta2: step.beta2,
+            eps: step.eps,
+            bias1,
+            bias2,
+            pad: 0,
+        };
+        let buffers = [(1, &theta.buffer), (2, &g.buffer), (3, &m.buffer), (4, &v.buffer)];
+        self.record(ctx, encoder, &self.adam, params, &buffers)
+    }
+}
