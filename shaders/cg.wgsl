@@ -55,7 +55,8 @@ struct State {
 @group(0) @binding(3) var<storage, read_write> r: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> s: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> q: array<vec4<f32>>;
-// [sᵀq per matvec block | sᵀs per matvec block | rᵀr per vector group | gᵀg per vector group]
+// [sᵀq per matvec block | sᵀs per matvec block | rᵀr per vector group | gᵀg per vector group |
+//  cg_update's decision: 1 when it took the step]
 @group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(7) var<storage, read> state_in: State;
 @group(0) @binding(8) var<storage, read_write> state_out: State;
@@ -83,6 +84,13 @@ fn rr_offset() -> u32 {
 fn gg_offset() -> u32 {
     return 2u * params.n4 + params.vec_groups;
 }
+
+fn decision_offset() -> u32 {
+    return 2u * params.n4 + 2u * params.vec_groups;
+}
+
+// cg_update's decision, read once and shared uniformly with the workgroup
+var<workgroup> step_taken: f32;
 
 // False when the step along s would divide by a (numerically) zero or negative curvature.
 fn curvature_ok(c: vec2<f32>, mu: f32) -> bool {
@@ -163,7 +171,13 @@ fn cg_restart(ids: Ids) {
 @compute @workgroup_size(WG)
 fn cg_update(ids: Ids) {
     let c = curvature(ids);
-    if !curvature_ok(c, state_in.mu) {
+    let ok = curvature_ok(c, state_in.mu);
+    // cg_direction follows this decision rather than recomputing it: another pipeline's
+    // reduction (another subgroup size) could round differently at the threshold
+    if ids.lid == 0u && ids.wg.x == 0u {
+        partial[decision_offset()] = select(0.0, 1.0, ok);
+    }
+    if !ok {
         return;
     }
     let alpha = state_in.rr / c.x;
@@ -195,7 +209,10 @@ fn cg_direction(ids: Ids) {
     }
     let c = curvature(ids);
     st.mu = max(st.mu, c.x / c.y);
-    if !curvature_ok(c, state_in.mu) {
+    if ids.lid == 0u {
+        step_taken = partial[decision_offset()];
+    }
+    if workgroupUniformLoad(&step_taken) == 0.0 {
         if first {
             st.status = BREAKDOWN;
             state_out = st;

@@ -23,6 +23,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+// dot's second operand: read-only, so x·x binds one buffer twice without a usage conflict
+@group(0) @binding(5) var<storage, read> x2: array<vec4<f32>>;
+// add_diagonal's matrix as scalars: one element per invocation, no store into a vector lane
+@group(0) @binding(6) var<storage, read_write> matrix: array<f32>;
 
 // y = (A + λI) x for A symmetric n×n. One workgroup owns four consecutive rows, so its four row
 // sums are one vec4 of y; the workgroup's invocations stride along the rows with vec4 loads.
@@ -61,7 +65,7 @@ fn dot_partial(ids: Ids) {
     let i = ids.wg.x * WG + ids.lid;
     var v = 0.0;
     if i < params.n4 {
-        v = dot(x[i], y[i]);
+        v = dot(x[i], x2[i]);
     }
     let s = workgroup_sum(v, ids);
     if ids.lid == 0u {
@@ -75,7 +79,7 @@ fn weighted_dot_partial(ids: Ids) {
     let i = ids.wg.x * WG + ids.lid;
     var v = 0.0;
     if i < params.n4 {
-        v = dot(x[i] * a[i], y[i]);
+        v = dot(x[i] * a[i], x2[i]);
     }
     let s = workgroup_sum(v, ids);
     if ids.lid == 0u {
@@ -114,11 +118,11 @@ fn xpby(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// A[i, i] += x[i] for the n×n matrix A (row stride ld4 vec4s); here A is bound as y.
+// A[i, i] += x[i] for the n×n matrix A (row stride 4·ld4), bound as `matrix`.
 @compute @workgroup_size(WG)
 fn add_diagonal(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if i < params.count {
-        y[i * params.ld4 + i / 4u][i % 4u] += x[i / 4u][i % 4u];
+        matrix[i * 4u * params.ld4 + i] += x[i / 4u][i % 4u];
     }
 }

@@ -31,9 +31,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// stage_a[kk][mm / 4][mm % 4] = A(m0 + mm, k0 + kk); stage_b[kk][nn / 4][nn % 4] = B(k0 + kk, n0 + nn)
-var<workgroup> stage_a: array<array<vec4<f32>, 16>, KSTEP>;
-var<workgroup> stage_b: array<array<vec4<f32>, 16>, KSTEP>;
+// stage_a[kk][mm] = A(m0 + mm, k0 + kk); stage_b[kk][nn] = B(k0 + kk, n0 + nn). Scalars: the loads
+// write single elements, and a store into a vector lane picked at run time is not portable.
+var<workgroup> stage_a: array<array<f32, TILE>, KSTEP>;
+var<workgroup> stage_b: array<array<f32, TILE>, KSTEP>;
 
 fn load_a(m: u32, k: u32) -> f32 {
     if m < params.m && k < params.k {
@@ -75,7 +76,7 @@ fn matmul(
                 kk = t / TILE;
                 mm = t % TILE;
             }
-            stage_a[kk][mm / 4u][mm % 4u] = load_a(m0 + mm, k0 + kk);
+            stage_a[kk][mm] = load_a(m0 + mm, k0 + kk);
             var nn: u32;
             if b_n_fast {
                 kk = t / TILE;
@@ -84,12 +85,12 @@ fn matmul(
                 kk = t % KSTEP;
                 nn = t / KSTEP;
             }
-            stage_b[kk][nn / 4u][nn % 4u] = load_b(k0 + kk, n0 + nn);
+            stage_b[kk][nn] = load_b(k0 + kk, n0 + nn);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KSTEP; kk++) {
-            let av = stage_a[kk][ty];
-            let bv = stage_b[kk][tx];
+            let av = vec4<f32>(stage_a[kk][4u * ty], stage_a[kk][4u * ty + 1u], stage_a[kk][4u * ty + 2u], stage_a[kk][4u * ty + 3u]);
+            let bv = vec4<f32>(stage_b[kk][4u * tx], stage_b[kk][4u * tx + 1u], stage_b[kk][4u * tx + 2u], stage_b[kk][4u * tx + 3u]);
             for (var r = 0u; r < 4u; r++) {
                 acc[r] = fma(vec4<f32>(av[r]), bv, acc[r]);
             }

@@ -206,7 +206,8 @@ fn output_seeds(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
                     delta[out + k] = select(0.0, 1.0 / params.sigma, k == r);
                 } else if params.kind == SAMPLED {
                     let u = uniforms(e, r, k, w);
-                    let eps = sqrt(-2.0 * log(u.x)) * cos(TWO_PI * u.y);
+                    // cos(2πu) = −cos(2π(u − ½)): WGSL bounds cos's error only on [−π, π]
+                    let eps = -sqrt(-2.0 * log(u.x)) * cos(TWO_PI * (u.y - 0.5));
                     // (ỹ − μ)/σ² with ỹ = μ + σε
                     delta[out + k] = inverseSqrt(f32(params.draws)) * eps / params.sigma;
                 } else {

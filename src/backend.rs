@@ -55,8 +55,8 @@ pub trait Backend {
     /// Number of elements.
     fn len(&self, v: &Self::Vector) -> usize;
 
-    /// `F ← (accumulate ? F : 0) + scale · GᵀG` for `G: m×p` and `F: p×p`; F comes out exactly
-    /// symmetric. Calling it once per chunk of G's rows with `scale = 1/m_total` builds the
+    /// `F ← (accumulate ? F : 0) + scale · GᵀG` for `G: m×p` and a symmetric `F: p×p`; F comes
+    /// out exactly symmetric. Calling it once per chunk of G's rows with `scale = 1/m_total` builds the
     /// Fisher of G chunk by chunk.
     fn fisher_accumulate(&self, f: &mut Self::Matrix, g: &Self::Matrix, scale: f32, accumulate: bool) -> Result<()>;
 

@@ -185,3 +185,43 @@ fn bad_batches_are_refused_on_both_devices() {
     bad_batches(&Cpu::new());
     bad_batches(&common::gpu());
 }
+
+fn mismatched_models<B: Backend>(b: &B) {
+    use natgrad::fisher::{self, FisherKind, SampleKey};
+    use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
+    let name = b.describe();
+    let spec = |hidden| MlpSpec {
+        inputs: 2,
+        hidden,
+        activation: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+    };
+    let (small, wide) = (Mlp::new(spec(vec![3])).unwrap(), Mlp::new(spec(vec![5])).unwrap());
+    let mut batch = b.upload_batch(&small, &[0.5; 4], &[0.0, 1.0]).unwrap();
+    let theta = b.upload_vector("θ", &wide.init(0)).unwrap();
+    let e = b
+        .forward(&wide, &theta, &mut batch)
+        .expect_err("a batch of another model accepted");
+    assert!(e.to_string().contains("layer widths"), "{name}: {e}");
+    let theta = b.upload_vector("θ", &small.init(0)).unwrap();
+    b.forward(&small, &theta, &mut batch).unwrap();
+    let p = small.num_params();
+    let mut f = b.zeros_matrix("F", p, p).unwrap();
+    let r = fisher::build(
+        b,
+        &small,
+        &theta,
+        &mut batch,
+        FisherKind::Sampled { draws: 0 },
+        SampleKey::default(),
+        0.0,
+        &mut f,
+    );
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{name}: zero draws");
+}
+
+#[test]
+fn batches_of_another_model_and_zero_draws_are_refused() {
+    mismatched_models(&Cpu::new());
+    mismatched_models(&common::gpu());
+}

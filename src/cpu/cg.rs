@@ -1,5 +1,5 @@
 //! Conjugate gradient on the CPU: the twin of `shaders/cg.wgsl`, the same iteration, stopping
-//! rule and breakdown test, with dot products accumulated in f64.
+//! rule and breakdown test; dot products keep 32 f32 lanes and sum them in f64.
 
 use super::CpuMatrix;
 use super::linalg::{axpy, dot, xpby};

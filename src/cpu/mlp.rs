@@ -16,6 +16,8 @@ use crate::model::Mlp;
 /// layers) activations, and backward scratch.
 pub struct CpuBatch {
     n: usize,
+    /// the layer widths of the model it was uploaded for
+    widths: Vec<usize>,
     x: Vec<f32>,
     targets: Vec<f32>,
     z: Vec<Vec<f32>>,
@@ -33,8 +35,9 @@ impl CpuBatch {
     }
 
     /// The network's outputs of the last forward pass, n × outputs.
-    pub fn outputs(&self) -> &[f32] {
-        &self.z[self.z.len() - 1]
+    pub fn outputs(&self, mlp: &Mlp) -> Result<&[f32]> {
+        mlp.check_widths(&self.widths)?;
+        Ok(&self.z[self.z.len() - 1])
     }
 
     fn layer_input(&self, l: usize) -> &[f32] {
@@ -141,6 +144,7 @@ pub fn upload(mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<CpuBatch> {
     let act = mlp.layers()[..last].iter().map(|l| vec![0.0; n * l.fan_out]).collect();
     Ok(CpuBatch {
         n,
+        widths: mlp.widths(),
         x: x.to_vec(),
         targets: targets.to_vec(),
         z,
@@ -151,6 +155,7 @@ pub fn upload(mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<CpuBatch> {
 
 pub fn forward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch) -> Result<()> {
     mlp.check_params(theta.len())?;
+    mlp.check_widths(&batch.widths)?;
     let n = batch.n;
     let last = mlp.layers().len() - 1;
     let activation = mlp.activation();
@@ -180,7 +185,8 @@ pub fn forward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch) -> Result<()> {
     Ok(())
 }
 
-pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> BatchLoss {
+pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> Result<BatchLoss> {
+    mlp.check_widths(&batch.widths)?;
     let (out, t) = (mlp.outputs(), mlp.likelihood().target_width());
     let logits = &batch.z[batch.z.len() - 1];
     let (nll, correct) = (0..batch.n)
@@ -200,11 +206,11 @@ pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> BatchLoss {
     } else {
         0.0
     };
-    BatchLoss {
+    Ok(BatchLoss {
         loss: nll / n,
         accuracy,
         examples: batch.n,
-    }
+    })
 }
 
 /// Fills the last layer's scratch with the output seeds of G rows `rows`.
@@ -264,6 +270,7 @@ fn ensure_deltas(mlp: &Mlp, batch: &mut CpuBatch, rows: usize) {
 pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f32, g: &mut [f32]) -> Result<()> {
     mlp.check_params(theta.len())?;
     mlp.check_params(g.len())?;
+    mlp.check_widths(&batch.widths)?;
     let n = batch.n;
     ensure_deltas(mlp, batch, n);
     seeds(mlp, batch, FisherKind::Empirical, SampleKey::default(), &(0..n));
@@ -303,6 +310,7 @@ pub fn score_rows(
     out: &mut CpuMatrix,
 ) -> Result<()> {
     mlp.check_params(theta.len())?;
+    mlp.check_widths(&batch.widths)?;
     let count = rows.len();
     let per_example = kind.rows_per_example(mlp.likelihood());
     let p = mlp.num_params();

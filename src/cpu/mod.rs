@@ -148,8 +148,13 @@ impl Backend for Cpu {
 
     fn fisher_accumulate(&self, f: &mut CpuMatrix, g: &CpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
         backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
-        // accumulating onto a general F reads its upper triangle, which holds all of it
-        fisher::syrk(&g.data, g.rows, g.cols, scale, accumulate, &mut f.data);
+        // accumulating reads F's upper triangle: F is symmetric, as a Fisher is
+        if g.layout == Layout::SymmetricUpper {
+            let full = self.download_matrix(g)?;
+            fisher::syrk(&full, g.rows, g.cols, scale, accumulate, &mut f.data);
+        } else {
+            fisher::syrk(&g.data, g.rows, g.cols, scale, accumulate, &mut f.data);
+        }
         f.layout = Layout::SymmetricUpper;
         Ok(())
     }
@@ -258,12 +263,12 @@ impl Backend for Cpu {
         mlp::forward(mlp, theta, batch)
     }
 
-    fn outputs(&self, _mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<Vec<f32>> {
-        Ok(batch.outputs().to_vec())
+    fn outputs(&self, mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<Vec<f32>> {
+        Ok(batch.outputs(mlp)?.to_vec())
     }
 
     fn batch_loss(&self, mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<BatchLoss> {
-        Ok(mlp::batch_loss(mlp, batch))
+        mlp::batch_loss(mlp, batch)
     }
 
     fn gradient(

@@ -65,7 +65,9 @@ pub struct SampleKey {
 impl SampleKey {
     /// Uniforms (u1, u2) for draw `draw` of output `output` of `example`.
     pub fn uniforms(&self, example: u32, draw: u32, output: u32, outputs: u32) -> (f64, f64) {
-        let [a, b] = rng::threefry2x32([example, draw * outputs + output], [self.seed, self.step]);
+        // wrapping, as the GPU's u32 arithmetic does
+        let counter = draw.wrapping_mul(outputs).wrapping_add(output);
+        let [a, b] = rng::threefry2x32([example, counter], [self.seed, self.step]);
         (rng::uniform(a), rng::uniform(b))
     }
 }
@@ -169,6 +171,12 @@ pub fn accumulate_in_chunks<B: Backend>(
 ) -> Result<()> {
     let p = mlp.num_params();
     let total = b.batch_size(batch) * part.kind.rows_per_example(mlp.likelihood());
+    if total == 0 {
+        return Err(Error::InvalidArgument {
+            name: "sampled Fisher draws",
+            reason: "need at least 1".into(),
+        });
+    }
     let chunk = chunk.clamp(1, total);
     let scale = 1.0 / part.examples_in_total as f32;
     let mut g = b.zeros_matrix("score rows G (one chunk)", chunk, p)?;

@@ -1,7 +1,7 @@
 //! Threefry-2×32 with 20 rounds (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3";
 //! the generator JAX uses): a counter-based generator, so every draw is a pure function of
 //! (key, counter) and the GPU and the CPU produce the same bits in any order.
-//! `shaders/scores.wgsl` holds its twin.
+//! `shaders/shared/rng.wgsl` holds its twin.
 
 const ROTATIONS: [u32; 8] = [13, 15, 26, 6, 17, 29, 16, 24];
 const PARITY: u32 = 0x1BD1_1BDA;

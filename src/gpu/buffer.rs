@@ -47,6 +47,9 @@ impl GpuVector {
     }
 }
 
+/// The most bytes one buffer may hold: the shaders index f32 elements with 32-bit integers.
+pub const MAX_INDEXED_BYTES: u64 = 4 << 32;
+
 /// Bytes of a `rows × cols` matrix in the padded layout.
 pub fn matrix_bytes(rows: usize, cols: usize) -> Option<u64> {
     (padded(rows) as u64).checked_mul(padded(cols) as u64)?.checked_mul(4)
@@ -71,6 +74,12 @@ impl GpuContext {
         };
         if bytes > self.limits.max_buffer_size {
             return Err(too_large("max_buffer_size", self.limits.max_buffer_size));
+        }
+        if bytes > MAX_INDEXED_BYTES {
+            return Err(too_large(
+                "32-bit element indexing of natgrad's kernels",
+                MAX_INDEXED_BYTES,
+            ));
         }
         if bytes > self.limits.max_storage_buffer_binding_size {
             return Err(too_large(

@@ -135,7 +135,8 @@ impl CgKernels {
             vector("CG direction s")?,
             vector("CG product q")?,
         );
-        let partial_bytes = LinalgKernels::matvec_partials_bytes(n4) + 2 * vec_groups as u64 * 4;
+        // the matvec's sums, then rᵀr and gᵀg per vector group, then cg_update's decision
+        let partial_bytes = LinalgKernels::matvec_partials_bytes(n4) + (2 * vec_groups as u64 + 1) * 4;
         let partial = ctx.storage_buffer("CG partial sums", "scratch", partial_bytes, wgpu::BufferUsages::empty())?;
         let small = |what, bytes, usage| ctx.storage_buffer(what, "CG state", bytes, usage);
         let states = [

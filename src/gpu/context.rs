@@ -141,7 +141,7 @@ impl GpuContext {
         let sink = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             log::error!("wgpu: {e}");
-            record_fault(&sink, Error::Gpu(first_line(&e.to_string())));
+            record_fault(&sink, Error::Gpu(one_line(&e.to_string())));
         }));
         let sink = fault.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -207,7 +207,7 @@ impl GpuContext {
         let value = f();
         match pollster::block_on(scope.pop()) {
             None => Ok(value),
-            Some(e) => Err(Error::Gpu(format!("{what}: {}", first_line(&e.to_string())))),
+            Some(e) => Err(Error::Gpu(format!("{what}: {}", one_line(&e.to_string())))),
         }
     }
 }
@@ -218,8 +218,8 @@ fn record_fault(slot: &Mutex<Option<Error>>, e: Error) {
     }
 }
 
-/// wgpu's messages span several lines; the library's errors are one line each.
-fn first_line(s: &str) -> String {
+/// wgpu's messages span several lines; the library's errors are one line each: join them.
+fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

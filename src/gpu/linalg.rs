@@ -135,7 +135,7 @@ impl LinalgKernels {
                 count: groups,
             },
         );
-        let mut entries = vec![(0, &params), (2, &x.buffer), (3, &y.buffer), (4, &partial)];
+        let mut entries = vec![(0, &params), (2, &x.buffer), (5, &y.buffer), (4, &partial)];
         let first_pipeline = match weights {
             Some(w) => {
                 entries.push((1, &w.buffer));
@@ -189,7 +189,7 @@ impl LinalgKernels {
             ctx,
             &layout,
             "add_diagonal",
-            &[(0, &params), (2, &d.buffer), (3, &a.buffer)],
+            &[(0, &params), (2, &d.buffer), (6, &a.buffer)],
         );
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&self.add_diagonal);

@@ -39,6 +39,8 @@ struct Params {
 /// activations; backward scratch grows to the largest row count asked for.
 pub struct GpuBatch {
     n: usize,
+    /// the layer widths of the model it was uploaded for
+    widths: Vec<usize>,
     x: wgpu::Buffer,
     targets: wgpu::Buffer,
     z: Vec<wgpu::Buffer>,
@@ -104,6 +106,7 @@ impl MlpKernels {
         }
         Ok(GpuBatch {
             n,
+            widths: mlp.widths(),
             x: batch_buffer("batch inputs", x)?,
             targets: batch_buffer("batch targets", targets)?,
             z,
@@ -154,6 +157,7 @@ impl MlpKernels {
 
     pub fn forward(&self, ctx: &GpuContext, mlp: &Mlp, theta: &GpuVector, batch: &mut GpuBatch) -> Result<()> {
         mlp.check_params(theta.len)?;
+        mlp.check_widths(&batch.widths)?;
         let n = batch.n;
         let last = mlp.layers().len() - 1;
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -195,11 +199,13 @@ impl MlpKernels {
     }
 
     pub fn outputs(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<Vec<f32>> {
+        mlp.check_widths(&batch.widths)?;
         let last = batch.z.len() - 1;
         ctx.read_back(&batch.z[last], 0, (batch.n * mlp.outputs() * 4) as u64)
     }
 
     pub fn batch_loss(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<BatchLoss> {
+        mlp.check_widths(&batch.widths)?;
         let groups = (batch.n as u32).div_ceil(WG);
         let partial = f32_buffer(ctx, "loss partial sums", 2 * groups as usize)?;
         let out = mlp.outputs();
@@ -337,6 +343,7 @@ impl MlpKernels {
     ) -> Result<()> {
         mlp.check_params(theta.len)?;
         mlp.check_params(g.len)?;
+        mlp.check_widths(&batch.widths)?;
         let n = batch.n;
         Self::ensure_deltas(ctx, mlp, batch, n)?;
         let batch = &*batch;
@@ -405,6 +412,7 @@ impl MlpKernels {
         out: &GpuMatrix,
     ) -> Result<()> {
         mlp.check_params(theta.len)?;
+        mlp.check_widths(&batch.widths)?;
         let count = rows.len();
         if count > kernel::MAX_GROUPS as usize {
             return Err(Error::Shape(format!(

@@ -214,6 +214,17 @@ impl Mlp {
         Ok(n)
     }
 
+    /// Checks that a batch uploaded for the model with layer widths `widths` fits this one.
+    pub fn check_widths(&self, widths: &[usize]) -> Result<()> {
+        if widths != self.widths() {
+            return Err(Error::Shape(format!(
+                "the batch was uploaded for layer widths {widths:?}, not this model's {:?}",
+                self.widths()
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a parameter vector's length.
     pub fn check_params(&self, theta_len: usize) -> Result<()> {
         if theta_len != self.num_params() {
