@@ -86,3 +86,173 @@ fn bad_requests_fail_with_one_line() {
         "{err}"
     );
 }
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn bad_data_fails_with_one_line_naming_file_and_line_and_leaves_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("missing.csv", None, "cannot read"),
+        (
+            "short.csv",
+            Some("a,b,label\n1,2,0\n3,4,1\n5,1\n"),
+            "short.csv line 4: 2 columns, expected 3",
+        ),
+        (
+            "word.csv",
+            Some("1,2,0\n3,four,1\n"),
+            "word.csv line 2: column 2: \"four\" is not a number",
+        ),
+        (
+            "nan.csv",
+            Some("1,2,0\n3,nan,1\n"),
+            "nan.csv line 2: column 2: nan (data must be finite)",
+        ),
+        (
+            "inf.csv",
+            Some("1,2,0\n3,4,1\n-inf,0,1\n"),
+            "inf.csv line 3: column 1: -inf (data must be finite)",
+        ),
+        ("empty.csv", Some(""), "empty.csv: no data rows"),
+        ("header.csv", Some("x,y,label\n"), "header.csv: no data rows"),
+        ("one.csv", Some("1,2,3\n4,5,3\n"), "only one class (label 3)"),
+        (
+            "float.csv",
+            Some("1,2,0.5\n4,5,1\n"),
+            "not all integers; for regression pass --task regress",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = match text {
+            Some(t) => write(dir.path(), name, t),
+            None => dir.path().join(name).display().to_string(),
+        };
+        let out = dir.path().join(format!("run-{name}"));
+        let (ok, _, err) = natgrad(&[
+            "train",
+            "--data",
+            &path,
+            "--device",
+            "cpu",
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(!ok, "{name}: training succeeded");
+        let lines = error_lines(&err);
+        assert_eq!(lines.len(), 1, "{name}: {err}");
+        assert!(lines[0].contains(expected), "{name}: {:?} lacks {expected:?}", lines[0]);
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(
+            !out.join("model.safetensors").exists(),
+            "{name}: a checkpoint was written"
+        );
+    }
+}
+
+#[test]
+fn train_eval_fisher_and_plot_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "xor.csv", &{
+        let mut text = String::from("x,y,label\n");
+        for i in 0..60 {
+            let (a, b) = ((i % 2) as f32, ((i / 2) % 2) as f32);
+            text += &format!(
+                "{},{},{}\n",
+                a + 0.05 * (i % 7) as f32,
+                b - 0.04 * (i % 5) as f32,
+                (a != b) as u8
+            );
+        }
+        text
+    });
+    let run = |opt: &str| {
+        let out = dir.path().join(opt).display().to_string();
+        let (ok, stdout, err) = natgrad(&[
+            "train",
+            "--data",
+            &data,
+            "--hidden",
+            "6",
+            "--activation",
+            "tanh",
+            "--optimizer",
+            opt,
+            "--epochs",
+            "3",
+            "--batch",
+            "20",
+            "--standardize",
+            "--device",
+            "cpu",
+            "--out",
+            &out,
+        ]);
+        assert!(ok, "{opt}: {err}");
+        assert!(stdout.contains(&format!("outputs in {out}")), "{stdout}");
+        out
+    };
+    let (ngd, adam) = (run("ngd"), run("adam"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{ngd}/summary.json")).unwrap()).unwrap();
+    for key in [
+        "train_loss",
+        "train_objective",
+        "train_accuracy",
+        "steps",
+        "epochs",
+        "wall_s",
+        "device",
+        "adapter",
+        "config",
+    ] {
+        assert!(!summary[key].is_null(), "summary.json lacks {key}");
+    }
+    let header = std::fs::read_to_string(format!("{ngd}/metrics.csv")).unwrap();
+    assert!(header.starts_with(
+        "step,epoch,loss,objective,accuracy,grad_norm,step_size,kl_pred,cg_iters,cg_rel_residual,damping,wall_s\n"
+    ));
+    let epochs = std::fs::read_to_string(format!("{ngd}/epochs.csv")).unwrap();
+    assert!(epochs.starts_with("epoch,train_loss,train_objective,train_accuracy,val_loss,val_accuracy,wall_s\n"));
+
+    let model = format!("{ngd}/model.safetensors");
+    let (ok, stdout, err) = natgrad(&["eval", "--model", &model, "--data", &data, "--json", "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let trained = summary["train_loss"].as_f64().unwrap();
+    assert!(
+        (e["loss"].as_f64().unwrap() - trained).abs() <= 1e-6 * trained,
+        "{e} vs {trained}"
+    );
+    assert_eq!(e["n"], 60);
+
+    let npy = dir.path().join("F.npy").display().to_string();
+    let (ok, _, err) = natgrad(&[
+        "fisher", "--model", &model, "--data", &data, "--out", &npy, "--device", "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&npy).unwrap();
+    let p = 2 * 6 + 6 + 6 + 1;
+    assert!(bytes.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&bytes[..128]).contains(&format!("({p}, {p}")));
+
+    let svg = dir.path().join("both.svg").display().to_string();
+    let (ok, _, err) = natgrad(&["plot", &ngd, &adam, "--out", &svg]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("ngd") && text.contains("adam"));
+
+    // a model meets data with other features: one line, non-zero exit
+    let wide = write(dir.path(), "wide.csv", "1,2,3,0\n4,5,6,1\n");
+    let (ok, _, err) = natgrad(&["eval", "--model", &model, "--data", &wide, "--device", "cpu"]);
+    assert!(!ok);
+    assert_eq!(
+        error_lines(&err),
+        [format!(
+            "natgrad: error: {wide}: 3 features per row, but the model takes 2"
+        )]
+    );
+}
