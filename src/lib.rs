@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod profile;
 pub mod solve;
 pub mod train;
 

@@ -13,8 +13,9 @@ use natgrad::fisher::FisherKind;
 use natgrad::io::checkpoint::Checkpoint;
 use natgrad::model::Activation;
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
+use natgrad::profile::{PHASES, Phases, Profiled};
 use natgrad::train::{self, Event, RunConfig};
-use natgrad::{CgParams, apply, demo, io, with_backend};
+use natgrad::{Backend, CgParams, apply, demo, io, with_backend};
 
 #[derive(Parser)]
 #[command(
@@ -287,6 +288,10 @@ struct TrainArgs {
     /// Output directory. Default: runs/<dataset>-<optimizer>.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Report wall time per step split into forward, gradient, scores, Fisher, solve and update
+    /// (waits for the device after each operation, so it runs a little slower).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -538,10 +543,29 @@ fn train_command(a: TrainArgs) -> Result<()> {
     );
     let mut progress = Progress::new();
     let device = (b.kind(), b.describe());
-    let summary =
-        with_backend!(&b, b => train::run(b, &cfg, &prepared, (device.0, &device.1), &mut |e| progress.event(e)));
+    let outcome = with_backend!(&b, b => train_on(b, &cfg, &prepared, (device.0, &device.1), a.profile, &mut progress));
     progress.finish();
-    let summary = summary?;
+    let (mut summary, profiled) = outcome?;
+    if let Some((spent, steps)) = profiled {
+        let per_step: Vec<f64> = spent.0.iter().map(|s| 1e3 * s / steps.max(1) as f64).collect();
+        let table: Vec<String> = PHASES
+            .iter()
+            .zip(&per_step)
+            .map(|(name, ms)| format!("{name} {ms:.2}"))
+            .collect();
+        println!(
+            "time per step (ms, mean of {steps}, each operation waited for): {}; total {:.2}",
+            table.join(", "),
+            1e3 * spent.total() / steps.max(1) as f64
+        );
+        let phases: serde_json::Map<String, serde_json::Value> = PHASES
+            .iter()
+            .zip(&per_step)
+            .map(|(name, ms)| (name.to_string(), serde_json::json!(ms)))
+            .collect();
+        summary["profile_ms_per_step"] = serde_json::Value::Object(phases);
+        io::metrics::write_summary(&cfg.out, &summary)?;
+    }
     let accuracy = summary["train_accuracy"]
         .as_f64()
         .map(|a| format!(", accuracy {a:.4}"))
@@ -567,6 +591,40 @@ fn train_command(a: TrainArgs) -> Result<()> {
         cfg.out.display()
     );
     Ok(())
+}
+
+/// Time per phase summed over the steps, and the number of steps.
+type StepProfile = Option<(Phases, usize)>;
+
+/// Runs the training on `b`, through [`Profiled`] when `profile` is set: each step is charged the
+/// time since the previous step or evaluation, so the per-epoch evaluations are left out.
+fn train_on<B: Backend>(
+    b: &B,
+    cfg: &RunConfig,
+    prepared: &train::Prepared,
+    device: (&str, &str),
+    profile: bool,
+    progress: &mut Progress,
+) -> natgrad::Result<(serde_json::Value, StepProfile)> {
+    if !profile {
+        return Ok((train::run(b, cfg, prepared, device, &mut |e| progress.event(e))?, None));
+    }
+    let profiled = Profiled::new(b);
+    let (mut last, mut spent, mut steps) = (Phases::default(), Phases::default(), 0);
+    let summary = train::run(&profiled, cfg, prepared, device, &mut |e| {
+        match &e {
+            Event::Step(_) => {
+                let now = profiled.phases();
+                (0..PHASES.len()).for_each(|k| spent.0[k] += now.0[k] - last.0[k]);
+                last = now;
+                steps += 1;
+            }
+            Event::Epoch(_) => last = profiled.phases(),
+            Event::Start { .. } => {}
+        }
+        progress.event(e)
+    })?;
+    Ok((summary, Some((spent, steps))))
 }
 
 fn describe_optimizer(o: &OptimConfig) -> String {

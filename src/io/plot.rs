@@ -74,16 +74,37 @@ fn panel(
     let (lo, hi) = losses
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(
-            0.0..x_max,
-            if lo > 0.0 { lo * 0.9 } else { lo - 0.05 * (hi - lo) }..hi * 1.05 + 1e-12,
-        )
-        .map_err(|e| e.to_string())?;
+    let (lo, hi) = if lo.is_finite() {
+        (lo, hi.max(lo + 1e-12))
+    } else {
+        (0.0, 1.0)
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(12).x_label_area_size(36).y_label_area_size(56);
+    // losses that fall by orders of magnitude read best on a log axis; a Gaussian NLL can be
+    // negative, and then the axis is linear
+    if lo > 0.0 {
+        let chart = builder
+            .build_cartesian_2d(0.0..x_max, (lo * 0.8..hi * 1.25).log_scale())
+            .map_err(|e| e.to_string())?;
+        draw_curves(chart, series, x_label, &x_of)
+    } else {
+        let chart = builder
+            .build_cartesian_2d(0.0..x_max, lo - 0.05 * (hi - lo)..hi + 0.05 * (hi - lo))
+            .map_err(|e| e.to_string())?;
+        draw_curves(chart, series, x_label, &x_of)
+    }
+}
+
+fn draw_curves<'a, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    series: &[Series],
+    x_label: &str,
+    x_of: &impl Fn(&Series) -> &[f64],
+) -> std::result::Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_desc(x_label)
@@ -105,6 +126,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.85))
         .draw()

@@ -1,0 +1,222 @@
+//! Where a step's time goes: [`Profiled`] wraps a backend, waits for the device after every call
+//! and charges the wall time to the call's phase — forward, gradient, scores, Fisher, solve,
+//! update. Waiting serialises the GPU's queue, so a profiled run is a little slower than a plain
+//! one; it is for `natgrad train --profile`, not for timing records.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::time::Instant;
+
+use crate::backend::{Backend, BatchLoss};
+use crate::error::Result;
+use crate::fisher::{FisherKind, SampleKey};
+use crate::model::Mlp;
+use crate::optim::AdamStep;
+use crate::solve::{CgParams, CgReport};
+
+/// The phases of a step, in the order a natural-gradient step runs them.
+pub const PHASES: [&str; 6] = ["forward", "gradient", "scores", "fisher", "solve", "update"];
+
+/// Seconds spent per phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Phases(pub [f64; 6]);
+
+impl Phases {
+    pub fn total(&self) -> f64 {
+        self.0.iter().sum()
+    }
+}
+
+/// A backend that times every call by phase.
+pub struct Profiled<'b, B: Backend> {
+    inner: &'b B,
+    phases: RefCell<Phases>,
+}
+
+impl<'b, B: Backend> Profiled<'b, B> {
+    pub fn new(inner: &'b B) -> Self {
+        Self {
+            inner,
+            phases: RefCell::new(Phases::default()),
+        }
+    }
+
+    /// The time charged so far.
+    pub fn phases(&self) -> Phases {
+        *self.phases.borrow()
+    }
+
+    /// Runs `f`, waits for the device, and charges the time to `phase`.
+    fn timed<T>(&self, phase: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let value = f()?;
+        self.inner.synchronize()?;
+        self.phases.borrow_mut().0[phase] += start.elapsed().as_secs_f64();
+        Ok(value)
+    }
+}
+
+const FORWARD: usize = 0;
+const GRADIENT: usize = 1;
+const SCORES: usize = 2;
+const FISHER: usize = 3;
+const SOLVE: usize = 4;
+const UPDATE: usize = 5;
+
+impl<B: Backend> Backend for Profiled<'_, B> {
+    type Matrix = B::Matrix;
+    type Vector = B::Vector;
+    type Batch = B::Batch;
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<B::Matrix> {
+        self.timed(UPDATE, || self.inner.upload_matrix(what, rows, cols, data))
+    }
+
+    fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<B::Vector> {
+        self.timed(UPDATE, || self.inner.upload_vector(what, data))
+    }
+
+    fn zeros_matrix(&self, what: &'static str, rows: usize, cols: usize) -> Result<B::Matrix> {
+        self.timed(SCORES, || self.inner.zeros_matrix(what, rows, cols))
+    }
+
+    fn zeros_vector(&self, what: &'static str, len: usize) -> Result<B::Vector> {
+        self.timed(UPDATE, || self.inner.zeros_vector(what, len))
+    }
+
+    fn download_matrix(&self, m: &B::Matrix) -> Result<Vec<f32>> {
+        self.timed(UPDATE, || self.inner.download_matrix(m))
+    }
+
+    fn download_vector(&self, v: &B::Vector) -> Result<Vec<f32>> {
+        self.timed(UPDATE, || self.inner.download_vector(v))
+    }
+
+    fn shape(&self, m: &B::Matrix) -> (usize, usize) {
+        self.inner.shape(m)
+    }
+
+    fn len(&self, v: &B::Vector) -> usize {
+        self.inner.len(v)
+    }
+
+    fn fisher_accumulate(&self, f: &mut B::Matrix, g: &B::Matrix, scale: f32, accumulate: bool) -> Result<()> {
+        self.timed(FISHER, || self.inner.fisher_accumulate(f, g, scale, accumulate))
+    }
+
+    fn matvec(&self, a: &B::Matrix, damping: f32, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        self.timed(UPDATE, || self.inner.matvec(a, damping, x, y))
+    }
+
+    fn dot(&self, x: &B::Vector, y: &B::Vector) -> Result<f32> {
+        self.timed(UPDATE, || self.inner.dot(x, y))
+    }
+
+    fn axpy(&self, alpha: f32, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        self.timed(UPDATE, || self.inner.axpy(alpha, x, y))
+    }
+
+    fn xpby(&self, x: &B::Vector, beta: f32, y: &mut B::Vector) -> Result<()> {
+        self.timed(UPDATE, || self.inner.xpby(x, beta, y))
+    }
+
+    fn weighted_dot(&self, x: &B::Vector, w: &B::Vector, y: &B::Vector) -> Result<f32> {
+        self.timed(FORWARD, || self.inner.weighted_dot(x, w, y))
+    }
+
+    fn copy(&self, src: &B::Vector, dst: &mut B::Vector) -> Result<()> {
+        self.timed(UPDATE, || self.inner.copy(src, dst))
+    }
+
+    fn sgd_step(&self, theta: &mut B::Vector, g: &B::Vector, v: &mut B::Vector, lr: f32, momentum: f32) -> Result<()> {
+        self.timed(UPDATE, || self.inner.sgd_step(theta, g, v, lr, momentum))
+    }
+
+    fn adam_step(
+        &self,
+        theta: &mut B::Vector,
+        g: &B::Vector,
+        m: &mut B::Vector,
+        v: &mut B::Vector,
+        step: AdamStep,
+    ) -> Result<()> {
+        self.timed(UPDATE, || self.inner.adam_step(theta, g, m, v, step))
+    }
+
+    fn cg_solve(
+        &self,
+        a: &B::Matrix,
+        damping: f32,
+        g: &B::Vector,
+        d: &mut B::Vector,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        self.timed(SOLVE, || self.inner.cg_solve(a, damping, g, d, params))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+
+    fn add_diagonal(&self, a: &mut B::Matrix, d: &B::Vector) -> Result<()> {
+        self.timed(FISHER, || self.inner.add_diagonal(a, d))
+    }
+
+    fn max_matrix_bytes(&self) -> u64 {
+        self.inner.max_matrix_bytes()
+    }
+
+    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<B::Batch> {
+        self.timed(FORWARD, || self.inner.upload_batch(mlp, x, targets))
+    }
+
+    fn batch_size(&self, batch: &B::Batch) -> usize {
+        self.inner.batch_size(batch)
+    }
+
+    fn forward(&self, mlp: &Mlp, theta: &B::Vector, batch: &mut B::Batch) -> Result<()> {
+        self.timed(FORWARD, || self.inner.forward(mlp, theta, batch))
+    }
+
+    fn outputs(&self, mlp: &Mlp, batch: &B::Batch) -> Result<Vec<f32>> {
+        self.timed(FORWARD, || self.inner.outputs(mlp, batch))
+    }
+
+    fn batch_loss(&self, mlp: &Mlp, batch: &B::Batch) -> Result<BatchLoss> {
+        self.timed(FORWARD, || self.inner.batch_loss(mlp, batch))
+    }
+
+    fn gradient(
+        &self,
+        mlp: &Mlp,
+        theta: &B::Vector,
+        batch: &mut B::Batch,
+        weight_decay: f32,
+        g: &mut B::Vector,
+    ) -> Result<()> {
+        self.timed(GRADIENT, || self.inner.gradient(mlp, theta, batch, weight_decay, g))
+    }
+
+    fn score_rows(
+        &self,
+        mlp: &Mlp,
+        theta: &B::Vector,
+        batch: &mut B::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &mut B::Matrix,
+    ) -> Result<()> {
+        self.timed(SCORES, || {
+            self.inner.score_rows(mlp, theta, batch, kind, key, rows, out)
+        })
+    }
+}
