@@ -6,7 +6,9 @@
 //! - `scores_then_fisher_64_64_10`: a 64-64-10 MLP (4,810 parameters) at batch 1024: the score
 //!   rows, and the dense Fisher built from them, timed separately to show the split.
 //!
-//! Both use the empirical Fisher's G (one row per example): the exact Fisher's has ten rows per
+//! - `ngd_step_64_32_10`: one whole natural-gradient step on a batch of 256.
+//!
+//! All use the empirical Fisher's G (one row per example): the exact Fisher's has ten rows per
 //! example, which puts the software adapter at minutes per sample.
 //! `cargo bench --bench scores`; without a GPU adapter only the CPU rows run.
 
@@ -18,6 +20,8 @@ use natgrad::cpu::Cpu;
 use natgrad::fisher::{self, FisherKind, SampleKey};
 use natgrad::gpu::Gpu;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
+use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
+use natgrad::train::Trainer;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -45,6 +49,8 @@ fn data(mlp: &Mlp) -> (Vec<f32>, Vec<f32>) {
 /// What one device runs: score rows in chunks, and (optionally) the Fisher from them.
 trait Scores {
     fn prepare<'a>(&'a self, mlp: &'a Mlp) -> Box<dyn FnMut(bool) + 'a>;
+    /// One natural-gradient step per call on a batch of 256.
+    fn step<'a>(&'a self, mlp: &'a Mlp) -> Box<dyn FnMut() + 'a>;
 }
 
 impl<B: Backend> Scores for B
@@ -53,6 +59,37 @@ where
     B::Vector: 'static,
     B::Batch: 'static,
 {
+    fn step<'a>(&'a self, mlp: &'a Mlp) -> Box<dyn FnMut() + 'a> {
+        let (x, y) = data(mlp);
+        let (x, y) = (x[..256 * mlp.inputs()].to_vec(), y[..256].to_vec());
+        let cg = natgrad::CgParams {
+            max_iters: 50,
+            rel_tol: 0.0,
+        };
+        let ngd = NgdConfig {
+            fisher: FisherKind::Empirical,
+            damping: 1e-3,
+            adaptive_damping: false,
+            kl: 0.01,
+            cg,
+        };
+        let config = OptimConfig {
+            kind: OptimizerKind::Ngd,
+            lr: 1.0,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            ngd,
+        };
+        let mut trainer = Trainer::new(self, mlp.clone(), &mlp.init(0), config, 0).unwrap();
+        Box::new(move || {
+            trainer.step(&x, &y).unwrap();
+            self.synchronize().unwrap();
+        })
+    }
+
     fn prepare<'a>(&'a self, mlp: &'a Mlp) -> Box<dyn FnMut(bool) + 'a> {
         let b = self;
         let (x, y) = data(mlp);
@@ -145,6 +182,19 @@ fn benches(c: &mut Criterion) {
             BenchmarkId::new(format!("{name}/scores+fisher"), small.num_params()),
             |b| b.iter(|| run(true)),
         );
+    }
+    group.finish();
+
+    // one full natural-gradient step (empirical Fisher, 50 CG iterations) on a 64-32-10 MLP
+    let step_mlp = mlp(64, vec![32]);
+    let mut group = c.benchmark_group("ngd_step_64_32_10");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for (name, device) in &devices {
+        let mut step = device.step(&step_mlp);
+        group.bench_function(BenchmarkId::new(*name, step_mlp.num_params()), |b| b.iter(&mut step));
     }
     group.finish();
 }

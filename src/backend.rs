@@ -113,6 +113,13 @@ pub trait Backend {
     /// Waits until all queued work has finished (for timing).
     fn synchronize(&self) -> Result<()>;
 
+    /// Runs `work` and returns the milliseconds it took on the device's own clock, where the
+    /// device has one (GPU timestamp queries); `None` means time it on the host.
+    fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        work()?;
+        Ok(None)
+    }
+
     /// `A_ii += d_i` for a square A.
     fn add_diagonal(&self, a: &mut Self::Matrix, d: &Self::Vector) -> Result<()>;
 

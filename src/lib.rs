@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod demo;

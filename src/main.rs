@@ -15,7 +15,7 @@ use natgrad::model::Activation;
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
 use natgrad::profile::{PHASES, Phases, Profiled};
 use natgrad::train::{self, Event, RunConfig};
-use natgrad::{Backend, CgParams, apply, demo, io, with_backend};
+use natgrad::{Backend, CgParams, apply, bench, demo, io, with_backend};
 
 #[derive(Parser)]
 #[command(
@@ -167,6 +167,32 @@ enum Command {
         runs: Vec<PathBuf>,
         #[arg(long, value_name = "FILE.svg")]
         out: PathBuf,
+    },
+    /// Time the Fisher build, matvec, CG, scores and a natural-gradient step on each device,
+    /// beside the device's ceilings (copy bandwidth, best matrix-product rate).
+    Bench {
+        /// Parameter counts p to measure, comma-separated (F is p×p; scores and the step use an
+        /// MLP 64-h-10 of about p parameters).
+        #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+        params: Vec<usize>,
+        /// Rows of G (examples per batch).
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// Devices, comma-separated: gpu, cpu. Default: the best GPU adapter if there is one, and the CPU.
+        #[arg(long, value_delimiter = ',')]
+        device: Vec<Device>,
+        /// Pick the GPU adapter whose name contains this; default $WGPU_ADAPTER_NAME.
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Timed runs per measurement (after one warm-up); median and minimum are reported.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// CG iterations per solve (a fixed count: the tolerance is 0).
+        #[arg(long, default_value_t = 50)]
+        cg_iters: usize,
+        /// Write the records as JSON: [{op, device, adapter, backend, n, p, ms_median, ms_min, gflops, gbps}].
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// List the GPU adapters wgpu sees, their limits, and what --device auto and gpu pick.
     Devices {
@@ -398,6 +424,58 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} runs plotted to {}", series.len(), out.display());
             Ok(())
         }
+        Command::Bench {
+            params,
+            batch,
+            device,
+            adapter,
+            repeats,
+            cg_iters,
+            json,
+        } => {
+            if batch == 0 || params.contains(&0) {
+                bail!("--batch and every --params value must be at least 1");
+            }
+            let cfg = bench::BenchConfig {
+                params,
+                batch,
+                repeats,
+                cg_iters,
+            };
+            let mut backends = demo_devices(&device, adapter.as_deref())?;
+            // the GPU first: its rows carry the speed-up over the CPU
+            backends.sort_by_key(|b| b.kind() != "gpu");
+            println!(
+                "natgrad bench: n = {batch}, p ∈ {:?}, {repeats} timed runs each after a warm-up",
+                cfg.params
+            );
+            let mut records = Vec::new();
+            for b in &backends {
+                let info = device_info(b);
+                let (mut found, device_clock) = with_backend!(b, b => bench::run(b, &info, &cfg))
+                    .with_context(|| format!("on {}", b.describe()))?;
+                println!(
+                    "{}: {} timed {}",
+                    info.kind,
+                    info.adapter,
+                    if device_clock {
+                        "on the device's clock (GPU timestamp queries)"
+                    } else if info.kind == "gpu" {
+                        "on the host clock around completed submissions (no timestamp queries)"
+                    } else {
+                        "on the host clock"
+                    }
+                );
+                records.append(&mut found);
+            }
+            print!("{}", bench::table(&records));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&records).unwrap_or_default() + "\n";
+                io::write_atomic(&path, text.as_bytes())?;
+                println!("records written to {}", path.display());
+            }
+            Ok(())
+        }
         Command::Devices { adapter } => {
             print!("{}", device::listing(adapter.as_deref()));
             Ok(())
@@ -449,6 +527,25 @@ fn fisher_kind(fisher: Fisher, draws: u32) -> Result<FisherKind> {
         Fisher::Sampled if draws == 0 => bail!("--draws must be at least 1"),
         Fisher::Sampled => FisherKind::Sampled { draws },
     })
+}
+
+/// How a bench record names the device.
+fn device_info(b: &AnyBackend) -> bench::DeviceInfo {
+    match b {
+        AnyBackend::Gpu(g) => {
+            let info = &g.context().info;
+            bench::DeviceInfo {
+                kind: "gpu".into(),
+                adapter: info.name.clone(),
+                backend: format!("{:?}", info.backend),
+            }
+        }
+        AnyBackend::Cpu(c) => bench::DeviceInfo {
+            kind: "cpu".into(),
+            adapter: c.describe(),
+            backend: "cpu".into(),
+        },
+    }
 }
 
 /// Opens the device and prints the one-line notice of what was picked.

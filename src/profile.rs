@@ -166,6 +166,10 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         self.inner.synchronize()
     }
 
+    fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        self.inner.time_device(work)
+    }
+
     fn add_diagonal(&self, a: &mut B::Matrix, d: &B::Vector) -> Result<()> {
         self.timed(FISHER, || self.inner.add_diagonal(a, d))
     }

@@ -256,3 +256,64 @@ fn train_eval_fisher_and_plot_from_the_command_line() {
         )]
     );
 }
+
+#[test]
+fn bench_writes_the_records_of_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json").display().to_string();
+    let (ok, out, err) = natgrad(&[
+        "bench",
+        "--params",
+        "67",
+        "--batch",
+        "33",
+        "--repeats",
+        "1",
+        "--cg-iters",
+        "5",
+        "--device",
+        "gpu,cpu",
+        "--json",
+        &json,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("gpu/cpu") && out.contains("timed on the device's clock") || out.contains("host clock"),
+        "{out}"
+    );
+    let records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for device in ["gpu", "cpu"] {
+        for op in [
+            "fisher_build",
+            "matvec",
+            "cg_solve",
+            "scores",
+            "ngd_step",
+            "ceiling_copy",
+            "ceiling_gemm",
+        ] {
+            let r = records
+                .iter()
+                .find(|r| r["device"] == device && r["op"] == op)
+                .unwrap_or_else(|| panic!("no {device} {op}"));
+            for key in [
+                "op",
+                "device",
+                "adapter",
+                "backend",
+                "n",
+                "p",
+                "ms_median",
+                "ms_min",
+                "gflops",
+                "gbps",
+            ] {
+                assert!(r.get(key).is_some(), "{device} {op}: no {key}");
+            }
+            if !op.starts_with("ceiling") {
+                let (median, min) = (r["ms_median"].as_f64().unwrap(), r["ms_min"].as_f64().unwrap());
+                assert!(min > 0.0 && min <= median, "{device} {op}: {min} {median}");
+            }
+        }
+    }
+}

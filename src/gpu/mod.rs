@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod mlp;
 pub mod optim;
 pub mod shader;
+pub mod timer;
 
 pub use buffer::{GpuMatrix, GpuVector};
 pub use context::GpuContext;
@@ -197,6 +198,10 @@ impl Backend for Gpu {
     fn synchronize(&self) -> Result<()> {
         let index = self.ctx.queue.submit([]);
         self.ctx.wait(index)
+    }
+
+    fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        timer::time(&self.ctx, work)
     }
 
     fn weighted_dot(&self, x: &GpuVector, w: &GpuVector, y: &GpuVector) -> Result<f32> {
