@@ -72,6 +72,7 @@ where
             adaptive_damping: false,
             kl: 0.01,
             cg,
+            curvature: natgrad::fisher::curvature::CurvatureKind::Dense,
         };
         let config = OptimConfig {
             kind: OptimizerKind::Ngd,

@@ -123,6 +123,53 @@ pub trait Backend {
     /// `A_ii += d_i` for a square A.
     fn add_diagonal(&self, a: &mut Self::Matrix, d: &Self::Vector) -> Result<()>;
 
+    // ---- curvature representations ----
+
+    /// `y = A x` for any `A` (rows × cols).
+    fn gemv(&self, a: &Self::Matrix, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
+    /// `y ← (accumulate ? y : 0) + scale · Aᵀx`.
+    fn gemv_t(
+        &self,
+        a: &Self::Matrix,
+        x: &Self::Vector,
+        scale: f32,
+        accumulate: bool,
+        y: &mut Self::Vector,
+    ) -> Result<()>;
+    /// `y ← β·y + w ⊙ x`.
+    fn scale_add(&self, w: &Self::Vector, x: &Self::Vector, beta: f32, y: &mut Self::Vector) -> Result<()>;
+    /// `y = x ⊘ w` (elementwise).
+    fn divide(&self, x: &Self::Vector, w: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
+    /// `y ← (accumulate ? y : 0) + scale · Σ_rows A²`: column sums of squares.
+    fn column_sq_sums(&self, a: &Self::Matrix, scale: f32, accumulate: bool, y: &mut Self::Vector) -> Result<()>;
+    /// `A[:, j] ·= s_j`.
+    fn scale_columns(&self, a: &mut Self::Matrix, s: &Self::Vector) -> Result<()>;
+    /// `K[row0.., col0..] = A·Bᵀ` for A and B with one column count: a block of a Gram matrix.
+    fn gram_block(
+        &self,
+        k: &mut Self::Matrix,
+        a: &Self::Matrix,
+        b: &Self::Matrix,
+        row0: usize,
+        col0: usize,
+    ) -> Result<()>;
+    /// `dst = src[:, col0 .. col0 + dst.cols]` (dst has src's rows).
+    fn copy_columns(&self, src: &Self::Matrix, col0: usize, dst: &mut Self::Matrix) -> Result<()>;
+    /// `dst[dst0 .. dst0 + len] = src[src0 .. src0 + len]`.
+    fn copy_range(
+        &self,
+        src: &Self::Vector,
+        src0: usize,
+        dst: &mut Self::Vector,
+        dst0: usize,
+        len: usize,
+    ) -> Result<()>;
+
+    /// Memory the device has free for natgrad, where it can tell (wgpu does not report a GPU's).
+    fn memory_available(&self) -> Option<u64> {
+        None
+    }
+
     /// The largest matrix the device holds in one piece, in bytes: G is built in chunks of rows
     /// that fit it.
     fn max_matrix_bytes(&self) -> u64;
@@ -238,6 +285,29 @@ pub fn check_score_rows(mlp: &Mlp, n: usize, kind: FisherKind, rows: &Range<usiz
         });
     }
     Ok(())
+}
+
+/// Checks a range of `len` elements from `start` lies inside `total`.
+pub fn check_range(what: &str, start: usize, len: usize, total: usize) -> Result<()> {
+    if start.checked_add(len).is_none_or(|end| end > total) {
+        return Err(Error::Shape(format!(
+            "{what} {start}..{} outside 0..{total}",
+            start.saturating_add(len)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the operands of `gram_block`.
+pub fn check_gram(k: (usize, usize), a: (usize, usize), b: (usize, usize), row0: usize, col0: usize) -> Result<()> {
+    if a.1 != b.1 {
+        return Err(Error::Shape(format!(
+            "Gram block of {}×{} and {}×{}: column counts differ",
+            a.0, a.1, b.0, b.1
+        )));
+    }
+    check_range("Gram block rows", row0, a.0, k.0)?;
+    check_range("Gram block columns", col0, b.0, k.1)
 }
 
 /// Checks two vectors have one length.

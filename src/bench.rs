@@ -207,6 +207,7 @@ pub fn run<B: Backend>(b: &B, device: &DeviceInfo, cfg: &BenchConfig) -> Result<
                 adaptive_damping: false,
                 kl: 0.01,
                 cg,
+                curvature: crate::fisher::curvature::CurvatureKind::Dense,
             },
         };
         let mut trainer = Trainer::new(b, mlp.clone(), &mlp.init(0), config, 0)?;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use natgrad::data::TaskChoice;
 use natgrad::device::{self, AnyBackend, DeviceChoice};
 use natgrad::fisher::FisherKind;
+use natgrad::fisher::curvature::CurvatureKind;
 use natgrad::io::checkpoint::Checkpoint;
 use natgrad::model::Activation;
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
@@ -76,6 +77,11 @@ enum Act {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Curvature {
     Dense,
+    Implicit,
+    Woodbury,
+    Block,
+    Diagonal,
+    Auto,
 }
 
 /// Device selection, shared by the commands that compute.
@@ -263,8 +269,11 @@ struct TrainArgs {
     /// Labels drawn per example for --fisher sampled.
     #[arg(long, default_value_t = 1)]
     draws: u32,
-    /// How the curvature is held: dense (the p×p Fisher).
-    #[arg(long, value_enum, default_value = "dense")]
+    /// How natural gradient holds the curvature: dense (the p×p Fisher), implicit (F applied
+    /// through the score rows G, never formed), woodbury (an m×m system for m score rows < p
+    /// parameters), block (one dense block per layer), diagonal (mean squared scores), or auto
+    /// (dense while it is small, else woodbury or implicit by memory and m versus p).
+    #[arg(long, value_enum, default_value = "auto")]
     curvature: Curvature,
     /// Damping λ in (F + λI) d = g (the starting value with --adaptive-damping).
     #[arg(long, default_value_t = 1e-3)]
@@ -567,7 +576,14 @@ fn train_command(a: TrainArgs) -> Result<()> {
         OptimizerKind::Sgd => 0.1,
         OptimizerKind::Adam => 0.01,
     });
-    let Curvature::Dense = a.curvature;
+    let curvature = match a.curvature {
+        Curvature::Dense => Some(CurvatureKind::Dense),
+        Curvature::Implicit => Some(CurvatureKind::Implicit),
+        Curvature::Woodbury => Some(CurvatureKind::Woodbury),
+        Curvature::Block => Some(CurvatureKind::Block),
+        Curvature::Diagonal => Some(CurvatureKind::Diagonal),
+        Curvature::Auto => None,
+    };
     let optim = OptimConfig {
         kind,
         lr,
@@ -585,6 +601,8 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 max_iters: a.cg_iters,
                 rel_tol: a.cg_tol,
             },
+            // resolved (auto) and checked against the device by train::run
+            curvature: CurvatureKind::Dense,
         },
     };
     optim.validate()?;
@@ -614,6 +632,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
         standardize: a.standardize,
         seed: a.seed,
         out,
+        curvature,
     };
     let prepared = train::prepare(&cfg)?;
     let b = open(&a.device)?;
@@ -717,7 +736,7 @@ fn train_on<B: Backend>(
                 steps += 1;
             }
             Event::Epoch(_) => last = profiled.phases(),
-            Event::Start { .. } => {}
+            Event::Start { .. } | Event::Notice(_) => {}
         }
         progress.event(e)
     })?;
@@ -763,6 +782,7 @@ impl Progress {
                 self.bar = Some(bar);
             }
             Event::Start { .. } => {}
+            Event::Notice(text) => eprintln!("natgrad: {text}"),
             Event::Step(row) => {
                 if let Some(bar) = &self.bar {
                     bar.set_position(row.step as u64);

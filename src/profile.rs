@@ -170,12 +170,52 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         self.inner.time_device(work)
     }
 
+    fn gemv(&self, a: &B::Matrix, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        self.timed(SOLVE, || self.inner.gemv(a, x, y))
+    }
+
+    fn gemv_t(&self, a: &B::Matrix, x: &B::Vector, scale: f32, accumulate: bool, y: &mut B::Vector) -> Result<()> {
+        self.timed(SOLVE, || self.inner.gemv_t(a, x, scale, accumulate, y))
+    }
+
+    fn scale_add(&self, w: &B::Vector, x: &B::Vector, beta: f32, y: &mut B::Vector) -> Result<()> {
+        self.timed(SOLVE, || self.inner.scale_add(w, x, beta, y))
+    }
+
+    fn divide(&self, x: &B::Vector, w: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        self.timed(SOLVE, || self.inner.divide(x, w, y))
+    }
+
+    fn column_sq_sums(&self, a: &B::Matrix, scale: f32, accumulate: bool, y: &mut B::Vector) -> Result<()> {
+        self.timed(FISHER, || self.inner.column_sq_sums(a, scale, accumulate, y))
+    }
+
+    fn scale_columns(&self, a: &mut B::Matrix, s: &B::Vector) -> Result<()> {
+        self.timed(SOLVE, || self.inner.scale_columns(a, s))
+    }
+
+    fn gram_block(&self, k: &mut B::Matrix, a: &B::Matrix, b: &B::Matrix, row0: usize, col0: usize) -> Result<()> {
+        self.timed(FISHER, || self.inner.gram_block(k, a, b, row0, col0))
+    }
+
+    fn copy_columns(&self, src: &B::Matrix, col0: usize, dst: &mut B::Matrix) -> Result<()> {
+        self.timed(FISHER, || self.inner.copy_columns(src, col0, dst))
+    }
+
+    fn copy_range(&self, src: &B::Vector, src0: usize, dst: &mut B::Vector, dst0: usize, len: usize) -> Result<()> {
+        self.timed(SOLVE, || self.inner.copy_range(src, src0, dst, dst0, len))
+    }
+
     fn add_diagonal(&self, a: &mut B::Matrix, d: &B::Vector) -> Result<()> {
         self.timed(FISHER, || self.inner.add_diagonal(a, d))
     }
 
     fn max_matrix_bytes(&self) -> u64 {
         self.inner.max_matrix_bytes()
+    }
+
+    fn memory_available(&self) -> Option<u64> {
+        self.inner.memory_available()
     }
 
     fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<B::Batch> {

@@ -11,13 +11,14 @@ use serde_json::{Value, json};
 use crate::backend::Backend;
 use crate::data::{self, Dataset, Standardizer, TaskChoice};
 use crate::error::{Error, Result};
+use crate::fisher::curvature::{self, CurvatureKind};
 use crate::fisher::{FisherKind, SampleKey};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::io::plot;
 use crate::model::{Activation, Mlp, MlpSpec};
 use crate::optim::ngd::StepInput;
-use crate::optim::{OptimConfig, Optimizer, UpdateInfo};
+use crate::optim::{OptimConfig, Optimizer, OptimizerKind, UpdateInfo};
 
 /// Examples per forward pass when evaluating whole sets.
 pub const EVAL_BATCH: usize = 4096;
@@ -88,7 +89,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             last_good: b.upload_vector("last good θ", theta0)?,
             g: b.zeros_vector("gradient g", p)?,
             weight_mask: b.upload_vector("weight mask", &mlp.weight_mask())?,
-            optimizer: Optimizer::new(b, &config, p)?,
+            optimizer: Optimizer::new(b, &config, &mlp)?,
             b,
             mlp,
             config,
@@ -220,6 +221,8 @@ pub struct RunConfig {
     pub standardize: bool,
     pub seed: u64,
     pub out: PathBuf,
+    /// Natural gradient's curvature representation; `None` picks one (`--curvature auto`).
+    pub curvature: Option<CurvatureKind>,
 }
 
 /// Data and model ready to train.
@@ -256,6 +259,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 
 /// What the run loop tells its caller as it goes.
 pub enum Event<'a> {
+    /// A line worth showing (e.g. which curvature `auto` picked, and why).
+    Notice(&'a str),
     /// Before the first step: the steps the run will take.
     Start {
         total_steps: usize,
@@ -285,7 +290,7 @@ pub fn config_json(cfg: &RunConfig, mlp: &Mlp) -> Value {
         "adam_eps": o.eps,
         "fisher": o.ngd.fisher.name(),
         "draws": draws,
-        "curvature": "dense",
+        "curvature": o.ngd.curvature.name(),
         "damping": o.ngd.damping,
         "adaptive_damping": o.ngd.adaptive_damping,
         "kl": o.ngd.kl,
@@ -335,6 +340,13 @@ pub fn run<B: Backend>(
     device: (&str, &str),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Value> {
+    let mut cfg = cfg.clone();
+    if cfg.optim.kind == OptimizerKind::Ngd {
+        let (kind, notice) = plan_curvature(b, &cfg, prepared)?;
+        cfg.optim.ngd.curvature = kind;
+        on_event(Event::Notice(&notice));
+    }
+    let cfg = &cfg;
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|e| crate::io::io_error(out, e))?;
     let model_path = out.join("model.safetensors");
@@ -428,6 +440,35 @@ pub fn run<B: Backend>(
     crate::io::metrics::write_summary(out, &summary)?;
     plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
     Ok(summary)
+}
+
+/// Resolves `--curvature` (auto, or as given) for the run's batch on `b`, and checks that it fits
+/// the device before anything is allocated; the string says what was chosen and why.
+pub fn plan_curvature<B: Backend>(b: &B, cfg: &RunConfig, prepared: &Prepared) -> Result<(CurvatureKind, String)> {
+    let mlp = &prepared.mlp;
+    let batch = if cfg.batch == 0 {
+        prepared.train.n
+    } else {
+        cfg.batch.min(prepared.train.n)
+    };
+    let m = batch * cfg.optim.ngd.fisher.rows_per_example(mlp.likelihood());
+    let p = mlp.num_params();
+    let blocks = curvature::block_sizes(mlp);
+    let memory = b.memory_available().unwrap_or(u64::MAX);
+    let max_buffer = b.max_matrix_bytes();
+    match cfg.curvature {
+        Some(kind) => {
+            curvature::check_fits(kind, p, m, &blocks, max_buffer, memory)?;
+            Ok((
+                kind,
+                format!("curvature: {} ({m} score rows of {p} parameters per step)", kind.name()),
+            ))
+        }
+        None => {
+            let (kind, why) = curvature::choose(p, m, &blocks, max_buffer, memory);
+            Ok((kind, format!("curvature: auto picked {}: {why}", kind.name())))
+        }
+    }
 }
 
 /// Where a run's outputs go by default: `runs/<dataset>-<optimizer>`.

@@ -9,6 +9,7 @@ use natgrad::apply;
 use natgrad::cpu::Cpu;
 use natgrad::data::{Dataset, Task, TaskChoice, builtin};
 use natgrad::fisher::FisherKind;
+use natgrad::fisher::curvature::CurvatureKind;
 use natgrad::io::checkpoint::Checkpoint;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
@@ -32,6 +33,7 @@ fn optim(kind: OptimizerKind, lr: f32) -> OptimConfig {
                 max_iters: 50,
                 rel_tol: 1e-3,
             },
+            curvature: CurvatureKind::Dense,
         },
     }
 }
@@ -51,6 +53,7 @@ fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -
         standardize: false,
         seed: 0,
         out: out.to_owned(),
+        curvature: Some(CurvatureKind::Dense),
     }
 }
 
@@ -126,6 +129,7 @@ fn newton_like(fisher: FisherKind, steps: usize) -> Vec<f64> {
             max_iters: 50,
             rel_tol: 1e-7,
         },
+        curvature: CurvatureKind::Dense,
     };
     let cpu = Cpu::new();
     let mut trainer = Trainer::new(&cpu, mlp, &[0.0; 4], config, 0).unwrap();

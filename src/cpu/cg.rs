@@ -3,13 +3,7 @@
 
 use super::CpuMatrix;
 use super::linalg::{axpy, dot, xpby};
-use crate::solve::{BREAKDOWN_RATIO, CgOutcome, CgParams, CgReport};
-
-/// False when a step along the direction would divide by a (numerically) zero, negative or NaN
-/// curvature: its Rayleigh quotient is not above [`BREAKDOWN_RATIO`] of the largest seen (`mu`).
-fn curvature_ok(rayleigh: f64, mu: f64) -> bool {
-    rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)
-}
+use crate::solve::{CgOutcome, CgParams, CgReport, curvature_ok};
 
 /// Solves `(A + λI) d = g` for a square A (shapes checked), starting from `d` and leaving the
 /// solution there.

@@ -2,7 +2,9 @@
 //! against), plus f64 references in [`reference`].
 
 pub mod cg;
+pub mod curvature;
 pub mod fisher;
+pub mod gemm;
 pub mod linalg;
 pub mod mlp;
 pub mod reference;
@@ -40,6 +42,18 @@ pub struct CpuMatrix {
 }
 
 impl CpuMatrix {
+    /// Every element, row-major: the lower triangle filled in for a symmetric-upper matrix.
+    pub fn full(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.layout {
+            Layout::General => std::borrow::Cow::Borrowed(&self.data),
+            Layout::SymmetricUpper => {
+                let mut data = self.data.clone();
+                fisher::mirror_upper(&mut data, self.rows);
+                std::borrow::Cow::Owned(data)
+            }
+        }
+    }
+
     /// `y = (A + λI) x` for this square matrix, reading what its layout keeps.
     pub fn matvec(&self, damping: f32, x: &[f32], y: &mut [f32]) {
         match self.layout {
@@ -240,6 +254,81 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn gemv(&self, a: &CpuMatrix, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.cols, x.len())?;
+        backend::check_same_len(a.rows, y.len())?;
+        curvature::gemv(&a.full(), a.cols, x, y);
+        Ok(())
+    }
+
+    fn gemv_t(&self, a: &CpuMatrix, x: &Vec<f32>, scale: f32, accumulate: bool, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.rows, x.len())?;
+        backend::check_same_len(a.cols, y.len())?;
+        curvature::gemv_t(&a.full(), a.cols, x, scale, accumulate, y);
+        Ok(())
+    }
+
+    fn scale_add(&self, w: &Vec<f32>, x: &Vec<f32>, beta: f32, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(w.len(), y.len())?;
+        backend::check_same_len(x.len(), y.len())?;
+        y.iter_mut()
+            .zip(w)
+            .zip(x)
+            .for_each(|((yi, wi), xi)| *yi = beta * *yi + wi * xi);
+        Ok(())
+    }
+
+    fn divide(&self, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(w.len(), y.len())?;
+        backend::check_same_len(x.len(), y.len())?;
+        y.iter_mut().zip(x).zip(w).for_each(|((yi, xi), wi)| *yi = xi / wi);
+        Ok(())
+    }
+
+    fn column_sq_sums(&self, a: &CpuMatrix, scale: f32, accumulate: bool, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.cols, y.len())?;
+        curvature::column_sq_sums(&a.full(), a.cols, scale, accumulate, y);
+        Ok(())
+    }
+
+    fn scale_columns(&self, a: &mut CpuMatrix, s: &Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.cols, s.len())?;
+        if a.layout == Layout::SymmetricUpper {
+            a.data = a.full().into_owned();
+            a.layout = Layout::General;
+        }
+        curvature::scale_columns(&mut a.data, s);
+        Ok(())
+    }
+
+    fn gram_block(&self, k: &mut CpuMatrix, a: &CpuMatrix, b: &CpuMatrix, row0: usize, col0: usize) -> Result<()> {
+        backend::check_gram((k.rows, k.cols), (a.rows, a.cols), (b.rows, b.cols), row0, col0)?;
+        if k.layout == Layout::SymmetricUpper {
+            k.data = k.full().into_owned();
+            k.layout = Layout::General;
+        }
+        curvature::gram_block(&mut k.data, k.cols, &a.full(), &b.full(), a.cols, row0, col0);
+        Ok(())
+    }
+
+    fn copy_columns(&self, src: &CpuMatrix, col0: usize, dst: &mut CpuMatrix) -> Result<()> {
+        backend::check_same_len(src.rows, dst.rows)?;
+        backend::check_range("columns", col0, dst.cols, src.cols)?;
+        let full = src.full();
+        for (d, s) in dst.data.chunks_exact_mut(dst.cols).zip(full.chunks_exact(src.cols)) {
+            d.copy_from_slice(&s[col0..col0 + dst.cols]);
+        }
+        dst.layout = Layout::General;
+        Ok(())
+    }
+
+    fn copy_range(&self, src: &Vec<f32>, src0: usize, dst: &mut Vec<f32>, dst0: usize, len: usize) -> Result<()> {
+        backend::check_range("source range", src0, len, src.len())?;
+        backend::check_range("target range", dst0, len, dst.len())?;
+        dst[dst0..dst0 + len].copy_from_slice(&src[src0..src0 + len]);
+        Ok(())
+    }
+
     fn add_diagonal(&self, a: &mut CpuMatrix, d: &Vec<f32>) -> Result<()> {
         backend::check_matvec((a.rows, a.cols), d.len(), d.len())?;
         let n = a.cols;
@@ -249,6 +338,14 @@ impl Backend for Cpu {
 
     fn max_matrix_bytes(&self) -> u64 {
         MAX_MATRIX_BYTES
+    }
+
+    fn memory_available(&self) -> Option<u64> {
+        // Linux: the kernel's estimate of memory available without swapping
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<mlp::CpuBatch> {

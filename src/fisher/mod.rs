@@ -8,6 +8,7 @@
 //!   categorical: √p_c · s(c) for every class (C rows); Bernoulli: √(q(1−q)) · J (one row);
 //!   Gaussian with fixed σ: J/σ per output (K rows).
 
+pub mod curvature;
 pub mod rng;
 
 use crate::backend::Backend;

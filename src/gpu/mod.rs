@@ -6,6 +6,7 @@
 pub mod buffer;
 pub mod cg;
 pub mod context;
+pub mod curvature;
 pub mod fisher;
 pub mod kernel;
 pub mod linalg;
@@ -54,6 +55,7 @@ pub struct Gpu {
     cg: cg::CgKernels,
     mlp: mlp::MlpKernels,
     optim: optim::OptimKernels,
+    curvature: curvature::CurvatureKernels,
     subgroups: bool,
 }
 
@@ -79,6 +81,7 @@ impl Gpu {
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
             mlp: mlp::MlpKernels::new(&ctx, &linalg_variant)?,
             optim: optim::OptimKernels::new(&ctx)?,
+            curvature: curvature::CurvatureKernels::new(&ctx, &linalg_variant)?,
             linalg,
             subgroups,
             ctx,
@@ -246,6 +249,57 @@ impl Backend for Gpu {
             backend::check_same_len(theta.len, len)?;
         }
         self.submit(|encoder| self.optim.record_adam(&self.ctx, encoder, theta, g, m, v, step))
+    }
+
+    fn gemv(&self, a: &GpuMatrix, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(a.cols, x.len)?;
+        backend::check_same_len(a.rows, y.len)?;
+        self.curvature.gemv(&self.ctx, a, x, y)
+    }
+
+    fn gemv_t(&self, a: &GpuMatrix, x: &GpuVector, scale: f32, accumulate: bool, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(a.rows, x.len)?;
+        backend::check_same_len(a.cols, y.len)?;
+        self.curvature.gemv_t(&self.ctx, a, x, scale, accumulate, y)
+    }
+
+    fn scale_add(&self, w: &GpuVector, x: &GpuVector, beta: f32, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(w.len, y.len)?;
+        backend::check_same_len(x.len, y.len)?;
+        self.curvature.scale_add(&self.ctx, w, x, beta, y)
+    }
+
+    fn divide(&self, x: &GpuVector, w: &GpuVector, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(w.len, y.len)?;
+        backend::check_same_len(x.len, y.len)?;
+        self.curvature.divide(&self.ctx, x, w, y)
+    }
+
+    fn column_sq_sums(&self, a: &GpuMatrix, scale: f32, accumulate: bool, y: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(a.cols, y.len)?;
+        self.curvature.column_sq_sums(&self.ctx, a, scale, accumulate, y)
+    }
+
+    fn scale_columns(&self, a: &mut GpuMatrix, s: &GpuVector) -> Result<()> {
+        backend::check_same_len(a.cols, s.len)?;
+        self.curvature.scale_columns(&self.ctx, a, s)
+    }
+
+    fn gram_block(&self, k: &mut GpuMatrix, a: &GpuMatrix, b: &GpuMatrix, row0: usize, col0: usize) -> Result<()> {
+        backend::check_gram((k.rows, k.cols), (a.rows, a.cols), (b.rows, b.cols), row0, col0)?;
+        self.curvature.gram_block(&self.ctx, k, a, b, row0, col0)
+    }
+
+    fn copy_columns(&self, src: &GpuMatrix, col0: usize, dst: &mut GpuMatrix) -> Result<()> {
+        backend::check_same_len(src.rows, dst.rows)?;
+        backend::check_range("columns", col0, dst.cols, src.cols)?;
+        self.curvature.copy_columns(&self.ctx, src, col0, dst)
+    }
+
+    fn copy_range(&self, src: &GpuVector, src0: usize, dst: &mut GpuVector, dst0: usize, len: usize) -> Result<()> {
+        backend::check_range("source range", src0, len, src.len)?;
+        backend::check_range("target range", dst0, len, dst.len)?;
+        self.curvature.copy_range(&self.ctx, src, src0, dst, dst0, len)
     }
 
     fn add_diagonal(&self, a: &mut GpuMatrix, d: &GpuVector) -> Result<()> {

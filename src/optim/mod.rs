@@ -26,6 +26,8 @@ pub mod ngd;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fisher::FisherKind;
+use crate::fisher::curvature::CurvatureKind;
+use crate::model::Mlp;
 use crate::solve::{CgOutcome, CgParams};
 
 /// Which update rule.
@@ -57,6 +59,8 @@ pub struct NgdConfig {
     /// KL trust region c: η = min(lr, √(2c / dᵀFd)); 0 turns it off (η = lr).
     pub kl: f32,
     pub cg: CgParams,
+    /// How the curvature is held (dense, implicit, woodbury, block, diagonal).
+    pub curvature: CurvatureKind,
 }
 
 /// Everything an optimiser needs to know.
@@ -131,10 +135,11 @@ pub enum Optimizer<B: Backend> {
 }
 
 impl<B: Backend> Optimizer<B> {
-    /// Fresh state for p parameters.
-    pub fn new(b: &B, config: &OptimConfig, p: usize) -> Result<Self> {
+    /// Fresh state for the model's parameters.
+    pub fn new(b: &B, config: &OptimConfig, mlp: &Mlp) -> Result<Self> {
+        let p = mlp.num_params();
         Ok(match config.kind {
-            OptimizerKind::Ngd => Optimizer::Ngd(ngd::Ngd::new(b, &config.ngd, p)?),
+            OptimizerKind::Ngd => Optimizer::Ngd(ngd::Ngd::new(b, &config.ngd, mlp)?),
             OptimizerKind::Sgd => Optimizer::Sgd {
                 velocity: b.zeros_vector("SGD velocity", p)?,
             },

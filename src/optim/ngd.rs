@@ -5,7 +5,8 @@
 use super::{NgdConfig, OptimConfig, UpdateInfo};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::fisher::{self, SampleKey};
+use crate::fisher::SampleKey;
+use crate::fisher::curvature::Curvature;
 use crate::model::Mlp;
 
 /// Levenberg–Marquardt factors (Martens 2010): λ ·= 2/3 after a step that did better than 3/4 of
@@ -29,20 +30,19 @@ pub struct StepInput<'a, B: Backend> {
     pub key: SampleKey,
 }
 
-/// Natural gradient's state: the Fisher's storage, the last direction (CG's warm start) and λ.
+/// Natural gradient's state: the curvature in its representation, the last direction (CG's
+/// warm start) and λ.
 pub struct Ngd<B: Backend> {
-    f: B::Matrix,
+    curvature: Curvature<B>,
     d: B::Vector,
-    fd: B::Vector,
     damping: f32,
 }
 
 impl<B: Backend> Ngd<B> {
-    pub fn new(b: &B, config: &NgdConfig, p: usize) -> Result<Self> {
+    pub fn new(b: &B, config: &NgdConfig, mlp: &Mlp) -> Result<Self> {
         Ok(Self {
-            f: b.zeros_matrix("Fisher matrix F", p, p)?,
-            d: b.zeros_vector("natural direction d", p)?,
-            fd: b.zeros_vector("F·d", p)?,
+            curvature: Curvature::new(b, config.curvature, mlp)?,
+            d: b.zeros_vector("natural direction d", mlp.num_params())?,
             damping: config.damping,
         })
     }
@@ -62,21 +62,13 @@ impl<B: Backend> Ngd<B> {
     pub fn update(&mut self, b: &B, config: &OptimConfig, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
         let ngd = &config.ngd;
         let lambda = self.damping;
-        fisher::build(
-            b,
-            step.mlp,
-            step.theta,
-            step.batch,
-            ngd.fisher,
-            step.key,
-            config.weight_decay,
-            &mut self.f,
-        )?;
-        let report = b.cg_solve(&self.f, lambda, step.g, &mut self.d, &ngd.cg)?;
+        let wd = config.weight_decay;
+        self.curvature
+            .build(b, step.mlp, step.theta, step.batch, ngd.fisher, step.key, wd)?;
+        let report = self.curvature.solve(b, lambda, wd, step.g, &mut self.d, &ngd.cg)?;
         // dᵀ(F + λI)d: the damped curvature CG solved with. Measured without λ, directions in F's
         // null space would cost nothing and a trust region could not bound them.
-        b.matvec(&self.f, lambda, &self.d, &mut self.fd)?;
-        let dfd = b.dot(&self.d, &self.fd)? as f64;
+        let dfd = self.curvature.quad(b, lambda, wd, &self.d)?;
         let lr = config.lr as f64;
         let eta = if ngd.kl > 0.0 && dfd > 0.0 {
             lr.min((2.0 * ngd.kl as f64 / dfd).sqrt())

@@ -1,6 +1,8 @@
 //! Conjugate gradient for the damped natural-gradient system `(F + λI) d = g`: the parameters,
 //! the report, and the rules both devices share (stopping, breakdown).
 
+pub mod operator;
+
 use crate::error::{Error, Result};
 
 /// A search direction whose Rayleigh quotient `sᵀAs / sᵀs` falls below this fraction of the
@@ -9,6 +11,13 @@ use crate::error::{Error, Result};
 /// up. A well-posed damped system, condition number up to 10⁴, stays clear of it. Shared with the
 /// GPU kernel, which receives it as a shader constant.
 pub const BREAKDOWN_RATIO: f32 = 1e-5;
+
+/// False when a step along a direction would divide by a (numerically) zero, negative or NaN
+/// curvature: its Rayleigh quotient is not above [`BREAKDOWN_RATIO`] of the largest seen (`mu`).
+/// The host solvers' twin of `curvature_ok` in shaders/cg.wgsl.
+pub fn curvature_ok(rayleigh: f64, mu: f64) -> bool {
+    rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)
+}
 
 /// How a solve ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
