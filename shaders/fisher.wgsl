@@ -15,12 +15,14 @@ const TILE4: u32 = TILE / 4u;
 const KSTEP: u32 = 16u / NB;
 
 struct Params {
+    // rows of G in this dispatch, starting at row0 (long G is split across dispatches)
     m: u32,
     p: u32,
     ldg4: u32,
     ldf4: u32,
     scale: f32,
     accumulate: u32,
+    row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -57,14 +59,15 @@ fn fisher_build(
             let kk = t / TILE4;
             let c = t % TILE4;
             let row = k0 + kk;
+            let at = (params.row0 + row) * params.ldg4;
             var va = vec4<f32>(0.0);
             var vb = vec4<f32>(0.0);
             if row < params.m {
                 if a4 + c < params.ldg4 {
-                    va = g[row * params.ldg4 + a4 + c];
+                    va = g[at + a4 + c];
                 }
                 if b4 + c < params.ldg4 {
-                    vb = g[row * params.ldg4 + b4 + c];
+                    vb = g[at + b4 + c];
                 }
             }
             stage_a[kk][c] = va;

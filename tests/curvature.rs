@@ -285,3 +285,22 @@ fn the_memory_plan_refuses_with_the_buffer_the_limit_and_a_fitting_representatio
         CurvatureKind::Diagonal
     );
 }
+
+#[test]
+fn gram_blocks_over_long_rows_count_every_column() {
+    let (rows, cols) = (3, 70_001);
+    let ones = vec![1.0f32; rows * cols];
+    for (name, k) in [
+        ("cpu", gram_of(&Cpu::new(), rows, cols, &ones)),
+        ("gpu", gram_of(&common::gpu(), rows, cols, &ones)),
+    ] {
+        assert!(k.iter().all(|&v| v == cols as f32), "{name}: {k:?}");
+    }
+}
+
+fn gram_of<B: Backend>(b: &B, rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
+    let a = b.upload_matrix("A", rows, cols, data).unwrap();
+    let mut k = b.zeros_matrix("K", rows, rows).unwrap();
+    b.gram_block(&mut k, &a, &a, 0, 0).unwrap();
+    b.download_matrix(&k).unwrap()
+}

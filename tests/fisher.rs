@@ -116,3 +116,24 @@ fn cpu_tiles_cover_f_exactly_once() {
     let f = chunked(&cpu, &g, m, p, &[10, 11]);
     assert!(reference::rel_error(&f, &reference::fisher(&g, m, p, 1.0 / m as f64)) < TOL);
 }
+
+/// Long inner dimensions: some drivers (Mesa 22's lavapipe) stop a workgroup's loop after a few
+/// thousand barriers, so the kernels split long reductions into several dispatches. Ones make
+/// every entry of F the row count, exact in f32.
+#[test]
+fn many_rows_of_g_are_all_counted() {
+    let (m, p) = (70_003, 6);
+    let ones = vec![1.0f32; m * p];
+    for gpu in gpu_variants().into_iter().step_by(2).take(1) {
+        let mut f = gpu.zeros_matrix("F", p, p).unwrap();
+        gpu.fisher_accumulate(&mut f, &gpu.upload_matrix("G", m, p, &ones).unwrap(), 1.0, false)
+            .unwrap();
+        let f = gpu.download_matrix(&f).unwrap();
+        assert!(f.iter().all(|&v| v == m as f32), "GPU: {:?}", &f[..p]);
+    }
+    let cpu = Cpu::new();
+    let f = cpu
+        .download_matrix(&cpu.fisher(&cpu.upload_matrix("G", m, p, &ones).unwrap()).unwrap())
+        .unwrap();
+    assert!(f.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+}

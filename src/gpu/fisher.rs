@@ -15,8 +15,14 @@ struct Params {
     ldf4: u32,
     scale: f32,
     accumulate: u32,
-    pad: [u32; 2],
+    row0: u32,
+    pad: u32,
 }
+
+/// Rows of G one dispatch reduces over. Some drivers end a workgroup's loop after a few thousand
+/// barriers (Mesa 22's lavapipe stops near 52,000 rows, silently); longer G is split across
+/// dispatches that accumulate, which costs a real GPU one dispatch per this many rows.
+pub const MAX_ROWS_PER_DISPATCH: usize = 16384;
 
 /// The tiled, register-blocked symmetric rank-k update.
 pub struct FisherKernel {
@@ -86,25 +92,28 @@ impl FisherKernel {
                 limit: MAX_GROUPS as u64,
             });
         }
-        let params = Params {
-            m: g.rows as u32,
-            p: g.cols as u32,
-            ldg4: g.ld4(),
-            ldf4: f.ld4(),
-            scale,
-            accumulate: accumulate as u32,
-            pad: [0; 2],
-        };
-        let uniform = ctx.uniform("fisher params", &params);
         let layout = self.pipeline.get_bind_group_layout(0);
-        let group = kernel::bind(ctx, &layout, "fisher", &[&uniform, &g.buffer, &f.buffer]);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("fisher"),
             timestamp_writes: None,
         });
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);
+        for row0 in (0..g.rows).step_by(MAX_ROWS_PER_DISPATCH) {
+            let params = Params {
+                m: (g.rows - row0).min(MAX_ROWS_PER_DISPATCH) as u32,
+                p: g.cols as u32,
+                ldg4: g.ld4(),
+                ldf4: f.ld4(),
+                scale,
+                accumulate: (accumulate || row0 > 0) as u32,
+                row0: row0 as u32,
+                pad: 0,
+            };
+            let uniform = ctx.uniform("fisher params", &params);
+            let group = kernel::bind(ctx, &layout, "fisher", &[&uniform, &g.buffer, &f.buffer]);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);
+        }
         Ok(())
     }
 }

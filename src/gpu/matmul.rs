@@ -57,6 +57,11 @@ struct Params {
 
 const TILE: usize = 64;
 
+/// The inner dimension one dispatch reduces over: longer products are split into dispatches that
+/// accumulate (some drivers end a workgroup's loop after a few thousand barriers; Mesa 22's
+/// lavapipe stops near k = 58,000, silently).
+pub const MAX_K_PER_DISPATCH: usize = 16384;
+
 pub struct MatmulKernel {
     pipeline: wgpu::ComputePipeline,
 }
@@ -90,32 +95,31 @@ impl MatmulKernel {
         if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
             return Err(Error::Shape(format!("a {m}×{n} product is beyond the GPU grid")));
         }
-        let params = Params {
-            m: to_u32(m)?,
-            n: to_u32(n)?,
-            k: to_u32(k)?,
-            a_off: to_u32(a.offset)?,
-            a_rs: to_u32(a.row_stride)?,
-            a_cs: to_u32(a.col_stride)?,
-            b_off: to_u32(b.offset)?,
-            b_rs: to_u32(b.row_stride)?,
-            b_cs: to_u32(b.col_stride)?,
-            c_off: to_u32(c.offset)?,
-            c_rs: to_u32(c.row_stride)?,
-            alpha,
-            beta,
-            pad: [0; 3],
-        };
-        let uniform = ctx.uniform("matmul params", &params);
-        let group = kernel::bind(
-            ctx,
-            &self.pipeline.get_bind_group_layout(0),
-            "matmul",
-            &[&uniform, a.buffer, b.buffer, c.buffer],
-        );
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+        let layout = self.pipeline.get_bind_group_layout(0);
+        // k = 0 still writes C = β·C (α times an empty sum)
+        for k0 in (0..k.max(1)).step_by(MAX_K_PER_DISPATCH) {
+            let params = Params {
+                m: to_u32(m)?,
+                n: to_u32(n)?,
+                k: to_u32(k.saturating_sub(k0).min(MAX_K_PER_DISPATCH))?,
+                a_off: to_u32(a.offset + k0 * a.col_stride)?,
+                a_rs: to_u32(a.row_stride)?,
+                a_cs: to_u32(a.col_stride)?,
+                b_off: to_u32(b.offset + k0 * b.row_stride)?,
+                b_rs: to_u32(b.row_stride)?,
+                b_cs: to_u32(b.col_stride)?,
+                c_off: to_u32(c.offset)?,
+                c_rs: to_u32(c.row_stride)?,
+                alpha,
+                beta: if k0 == 0 { beta } else { 1.0 },
+                pad: [0; 3],
+            };
+            let uniform = ctx.uniform("matmul params", &params);
+            let group = kernel::bind(ctx, &layout, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+        }
         Ok(())
     }
 }
