@@ -1,4 +1,5 @@
-//! `natgrad bench`: the core operations timed on each device, beside the device's own ceilings
+//! `natgrad bench`: the core operations, and a natural-gradient step with each curvature
+//! representation, timed on each device, beside the device's own ceilings
 //! (copy bandwidth, and natgrad's best matrix-product rate on it), so every figure shows how near
 //! the limit it runs.
 //!
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::fisher::curvature::CurvatureKind;
 use crate::fisher::{self, FisherKind, SampleKey};
 use crate::model::{Activation, Likelihood, Mlp, MlpSpec};
 use crate::optim::{NgdConfig, OptimConfig, OptimizerKind};
@@ -207,12 +209,21 @@ pub fn run<B: Backend>(b: &B, device: &DeviceInfo, cfg: &BenchConfig) -> Result<
                 adaptive_damping: false,
                 kl: 0.01,
                 cg,
-                curvature: crate::fisher::curvature::CurvatureKind::Dense,
+                curvature: CurvatureKind::Dense,
             },
         };
-        let mut trainer = Trainer::new(b, mlp.clone(), &mlp.init(0), config, 0)?;
-        let t = measure(b, cfg.repeats, &mut || trainer.step(&x, &labels).map(|_| ()))?;
-        record("ngd_step", n, pm, t, Work::None);
+        // one step per curvature representation: "ngd_step" is the dense one
+        for kind in CurvatureKind::ALL {
+            let mut config = config;
+            config.ngd.curvature = kind;
+            let mut trainer = Trainer::new(b, mlp.clone(), &mlp.init(0), config, 0)?;
+            let t = measure(b, cfg.repeats, &mut || trainer.step(&x, &labels).map(|_| ()))?;
+            let op = match kind {
+                CurvatureKind::Dense => "ngd_step".to_string(),
+                other => format!("ngd_step_{}", other.name()),
+            };
+            record(&op, n, pm, t, Work::None);
+        }
     }
 
     // natgrad's own best matrix-product rate here: the fastest Fisher build of the run
@@ -267,7 +278,7 @@ pub fn table(records: &[Record]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<13} {:>7} {:>7} {:>4} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "{:<18} {:>7} {:>7} {:>4} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "op", "n", "p", "dev", "ms median", "ms min", "rate", "ceiling", "gpu/cpu"
     );
     for r in records.iter().filter(|r| !r.op.starts_with("ceiling")) {
@@ -294,7 +305,7 @@ pub fn table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<13} {:>7} {:>7} {:>4} {:>10.3} {:>10.3} {:>10} {:>8} {:>8}",
+            "{:<18} {:>7} {:>7} {:>4} {:>10.3} {:>10.3} {:>10} {:>8} {:>8}",
             r.op, r.n, r.p, r.device, r.ms_median, r.ms_min, rate, share, speedup
         );
     }

@@ -289,6 +289,10 @@ fn bench_writes_the_records_of_the_contract() {
             "cg_solve",
             "scores",
             "ngd_step",
+            "ngd_step_implicit",
+            "ngd_step_woodbury",
+            "ngd_step_block",
+            "ngd_step_diagonal",
             "ceiling_copy",
             "ceiling_gemm",
         ] {
