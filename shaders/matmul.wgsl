@@ -3,7 +3,11 @@
 //   B(k, n) = b[b_off + k·b_rs + n·b_cs]    (k < K, n < N)
 //   C(m, n) = c[c_off + m·c_rs + n]
 // Strides express transposes (and a stride of 0 a broadcast, e.g. a column of ones). With β = 0,
-// C is not read. A 16×16 workgroup computes a 64×64 tile of C, 4×4 per invocation, staging
+// C is not read. Split-k: with `c_split` ≠ 0, workgroup z reduces only k in
+// [z·k_per_group, (z+1)·k_per_group) and writes α times its partial sum to slice z of a scratch
+// buffer (bound as c, slices c_split apart); `matmul_reduce` then adds the slices into C. Few
+// output tiles and a long k (a Gram matrix GGᵀ of a few rows) thus still fill the device.
+// A 16×16 workgroup computes a 64×64 tile of C, 4×4 per invocation, staging
 // KSTEP-deep slabs of A and B through workgroup memory, loaded along whichever axis is
 // contiguous in memory so neighbouring invocations read neighbouring addresses.
 
@@ -24,27 +28,33 @@ struct Params {
     c_rs: u32,
     alpha: f32,
     beta: f32,
+    k_per_group: u32,
+    c_split: u32,
+    // matmul_reduce: the number of slices
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// matmul_reduce: the slices to add
+@group(0) @binding(4) var<storage, read> partials: array<f32>;
 
 // stage_a[kk][mm] = A(m0 + mm, k0 + kk); stage_b[kk][nn] = B(k0 + kk, n0 + nn). Scalars: the loads
 // write single elements, and a store into a vector lane picked at run time is not portable.
 var<workgroup> stage_a: array<array<f32, TILE>, KSTEP>;
 var<workgroup> stage_b: array<array<f32, TILE>, KSTEP>;
 
-fn load_a(m: u32, k: u32) -> f32 {
-    if m < params.m && k < params.k {
+fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
+    if m < params.m && k < k_end {
         return a[params.a_off + m * params.a_rs + k * params.a_cs];
     }
     return 0.0;
 }
 
-fn load_b(k: u32, n: u32) -> f32 {
-    if k < params.k && n < params.n {
+fn load_b(k: u32, n: u32, k_end: u32) -> f32 {
+    if k < k_end && n < params.n {
         return b[params.b_off + k * params.b_rs + n * params.b_cs];
     }
     return 0.0;
@@ -58,13 +68,15 @@ fn matmul(
 ) {
     let m0 = wg.y * TILE;
     let n0 = wg.x * TILE;
+    let k_begin = wg.z * params.k_per_group;
+    let k_end = min(params.k, k_begin + params.k_per_group);
     let tx = lid3.x;
     let ty = lid3.y;
     // which axis the 1024-element slab loads walk fastest: the one contiguous in memory
     let a_k_fast = params.a_cs == 1u;
     let b_n_fast = params.b_rs != 1u;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < params.k; k0 += KSTEP) {
+    for (var k0 = k_begin; k0 < k_end; k0 += KSTEP) {
         for (var i = 0u; i < 4u; i++) {
             let t = lid + 256u * i;
             var kk: u32;
@@ -76,7 +88,7 @@ fn matmul(
                 kk = t / TILE;
                 mm = t % TILE;
             }
-            stage_a[kk][mm] = load_a(m0 + mm, k0 + kk);
+            stage_a[kk][mm] = load_a(m0 + mm, k0 + kk, k_end);
             var nn: u32;
             if b_n_fast {
                 kk = t / TILE;
@@ -85,7 +97,7 @@ fn matmul(
                 kk = t % KSTEP;
                 nn = t / KSTEP;
             }
-            stage_b[kk][nn] = load_b(k0 + kk, n0 + nn);
+            stage_b[kk][nn] = load_b(k0 + kk, n0 + nn, k_end);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KSTEP; kk++) {
@@ -105,13 +117,31 @@ fn matmul(
         for (var cc = 0u; cc < 4u; cc++) {
             let n = n0 + 4u * tx + cc;
             if n < params.n {
-                let idx = params.c_off + m * params.c_rs + n;
+                let idx = params.c_off + wg.z * params.c_split + m * params.c_rs + n;
                 var v = params.alpha * acc[r][cc];
-                if params.beta != 0.0 {
+                if params.c_split == 0u && params.beta != 0.0 {
                     v += params.beta * c[idx];
                 }
                 c[idx] = v;
             }
         }
     }
+}
+
+// C = β·C + Σ_z slice z, for the m×n block of C; the slices are m×n row-major, c_split apart.
+@compute @workgroup_size(256)
+fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i >= params.m * params.n {
+        return;
+    }
+    var v = 0.0;
+    for (var z = 0u; z < params.splits; z++) {
+        v += partials[z * params.c_split + i];
+    }
+    let idx = params.c_off + (i / params.n) * params.c_rs + i % params.n;
+    if params.beta != 0.0 {
+        v += params.beta * c[idx];
+    }
+    c[idx] = v;
 }

@@ -369,3 +369,26 @@ fn a_fisher_built_in_small_chunks_equals_one_built_at_once() {
         assert!(rel_error(&f, &expected) < 1e-5, "{:.2e}", rel_error(&f, &expected));
     }
 }
+
+/// A batch long enough that the gradient's products split k (the batch) among workgroups, with
+/// weight decay riding on β: the split path's α and β against f64.
+#[test]
+fn the_gradient_of_a_long_batch_matches_f64() {
+    let mlp = mlp(vec![3], Activation::Tanh, Likelihood::Categorical { classes: 3 });
+    let theta = params(&mlp, 9);
+    let (xs, ys) = batch(&mlp, 3000, 9);
+    let expected = reference::gradient(&mlp, &f64s(&theta), &xs, &ys, 0.1);
+    for (name, g) in [
+        (
+            "cpu",
+            on_device(&Cpu::new(), &mlp, &theta, &xs, &ys, FisherKind::Empirical).gradient,
+        ),
+        (
+            "gpu",
+            on_device(&common::gpu(), &mlp, &theta, &xs, &ys, FisherKind::Empirical).gradient,
+        ),
+    ] {
+        let err = rel_error(&g, &expected);
+        assert!(err < 1e-4, "{name}: {err:.2e}");
+    }
+}

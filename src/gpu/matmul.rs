@@ -52,7 +52,9 @@ struct Params {
     c_rs: u32,
     alpha: f32,
     beta: f32,
-    pad: [u32; 3],
+    k_per_group: u32,
+    c_split: u32,
+    splits: u32,
 }
 
 const TILE: usize = 64;
@@ -64,7 +66,13 @@ pub const MAX_K_PER_DISPATCH: usize = 16384;
 
 pub struct MatmulKernel {
     pipeline: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
 }
+
+/// Workgroups worth having in flight: below this many output tiles, k is split among more.
+const WANTED_GROUPS: usize = 256;
+/// Split-k slices are at least this long, so each workgroup has real work.
+const MIN_K_PER_GROUP: usize = 1024;
 
 fn to_u32(v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Shape(format!("index {v} beyond the 32-bit addressing of the GPU kernels")))
@@ -75,6 +83,7 @@ impl MatmulKernel {
         let module = kernel::compile(ctx, "matmul", &Variant::default())?;
         Ok(Self {
             pipeline: kernel::pipeline(ctx, &module, "matmul", None)?,
+            reduce: kernel::pipeline(ctx, &module, "matmul_reduce", None)?,
         })
     }
 
@@ -95,31 +104,81 @@ impl MatmulKernel {
         if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
             return Err(Error::Shape(format!("a {m}×{n} product is beyond the GPU grid")));
         }
-        pass.set_pipeline(&self.pipeline);
+        // slices: enough that no workgroup reduces more than MAX_K_PER_DISPATCH, and, with few
+        // output tiles, enough to keep the device busy
+        let tiles = gx * gy;
+        let for_device = if tiles < WANTED_GROUPS {
+            (k / MIN_K_PER_GROUP).min(WANTED_GROUPS / tiles)
+        } else {
+            1
+        };
+        let splits = k
+            .div_ceil(MAX_K_PER_DISPATCH)
+            .max(for_device)
+            .clamp(1, MAX_GROUPS as usize);
+        let k_per_group = k.div_ceil(splits).next_multiple_of(16).max(16);
+        let splits = k.div_ceil(k_per_group).max(1);
+        let base = Params {
+            m: to_u32(m)?,
+            n: to_u32(n)?,
+            k: to_u32(k)?,
+            a_off: to_u32(a.offset)?,
+            a_rs: to_u32(a.row_stride)?,
+            a_cs: to_u32(a.col_stride)?,
+            b_off: to_u32(b.offset)?,
+            b_rs: to_u32(b.row_stride)?,
+            b_cs: to_u32(b.col_stride)?,
+            c_off: to_u32(c.offset)?,
+            c_rs: to_u32(c.row_stride)?,
+            alpha,
+            beta,
+            k_per_group: to_u32(k_per_group)?,
+            c_split: 0,
+            splits: 1,
+        };
         let layout = self.pipeline.get_bind_group_layout(0);
-        // k = 0 still writes C = β·C (α times an empty sum)
-        for k0 in (0..k.max(1)).step_by(MAX_K_PER_DISPATCH) {
-            let params = Params {
-                m: to_u32(m)?,
-                n: to_u32(n)?,
-                k: to_u32(k.saturating_sub(k0).min(MAX_K_PER_DISPATCH))?,
-                a_off: to_u32(a.offset + k0 * a.col_stride)?,
-                a_rs: to_u32(a.row_stride)?,
-                a_cs: to_u32(a.col_stride)?,
-                b_off: to_u32(b.offset + k0 * b.row_stride)?,
-                b_rs: to_u32(b.row_stride)?,
-                b_cs: to_u32(b.col_stride)?,
-                c_off: to_u32(c.offset)?,
-                c_rs: to_u32(c.row_stride)?,
-                alpha,
-                beta: if k0 == 0 { beta } else { 1.0 },
-                pad: [0; 3],
-            };
-            let uniform = ctx.uniform("matmul params", &params);
+        pass.set_pipeline(&self.pipeline);
+        if splits == 1 {
+            let uniform = ctx.uniform("matmul params", &base);
             let group = kernel::bind(ctx, &layout, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+            return Ok(());
         }
+        let slice = m * n;
+        let scratch = ctx.storage_buffer(
+            "split-k partial products",
+            &format!("{splits}×{m}×{n} f32"),
+            (splits * slice * 4) as u64,
+            wgpu::BufferUsages::empty(),
+        )?;
+        let partial = Params {
+            c_off: 0,
+            c_rs: to_u32(n)?,
+            c_split: to_u32(slice)?,
+            ..base
+        };
+        let uniform = ctx.uniform("matmul params", &partial);
+        let group = kernel::bind(ctx, &layout, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(gx as u32, gy as u32, to_u32(splits)?);
+        let sum = Params {
+            c_split: to_u32(slice)?,
+            splits: to_u32(splits)?,
+            ..base
+        };
+        let uniform = ctx.uniform("matmul reduce params", &sum);
+        let layout = self.reduce.get_bind_group_layout(0);
+        let group = kernel::bind_some(
+            ctx,
+            &layout,
+            "matmul reduce",
+            &[(0, &uniform), (3, c.buffer), (4, &scratch)],
+        );
+        let (rx, ry) = kernel::grid(to_u32(slice.div_ceil(256))?);
+        pass.set_pipeline(&self.reduce);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(rx, ry, 1);
         Ok(())
     }
 }
