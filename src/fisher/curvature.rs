@@ -132,7 +132,7 @@ pub fn needs(kind: CurvatureKind, p: usize, m: usize, blocks: &[usize], max_buff
 fn misfit(needs: &[Need], max_buffer: u64, memory: u64) -> Option<(Need, &'static str, u64)> {
     let total: u64 = needs.iter().map(|n| n.total).sum();
     if let Some(n) = needs.iter().find(|n| n.piece > max_buffer) {
-        return Some((n.clone(), "largest buffer the device allows", max_buffer));
+        return Some((n.clone(), "largest buffer", max_buffer));
     }
     if total > memory {
         let biggest = needs.iter().max_by_key(|n| n.total).cloned()?;
