@@ -20,7 +20,7 @@ use natgrad::cpu::Cpu;
 use natgrad::fisher::{self, FisherKind, SampleKey};
 use natgrad::gpu::Gpu;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
-use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
+use natgrad::optim::{OptimConfig, OptimizerKind};
 use natgrad::train::Trainer;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -66,24 +66,9 @@ where
             max_iters: 50,
             rel_tol: 0.0,
         };
-        let ngd = NgdConfig {
-            fisher: FisherKind::Empirical,
-            damping: 1e-3,
-            adaptive_damping: false,
-            kl: 0.01,
-            cg,
-            curvature: natgrad::fisher::curvature::CurvatureKind::Dense,
-        };
-        let config = OptimConfig {
-            kind: OptimizerKind::Ngd,
-            lr: 1.0,
-            momentum: 0.9,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            ngd,
-        };
+        let mut config = OptimConfig::new(OptimizerKind::Ngd, 1.0);
+        config.ngd.fisher = FisherKind::Empirical;
+        config.ngd.cg = cg;
         let mut trainer = Trainer::new(self, mlp.clone(), &mlp.init(0), config, 0).unwrap();
         Box::new(move || {
             trainer.step(&x, &y).unwrap();

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::fisher::curvature::CurvatureKind;
 use crate::fisher::{self, FisherKind, SampleKey};
 use crate::model::{Activation, Likelihood, Mlp, MlpSpec};
-use crate::optim::{NgdConfig, OptimConfig, OptimizerKind};
+use crate::optim::{OptimConfig, OptimizerKind};
 use crate::solve::CgParams;
 use crate::train::Trainer;
 
@@ -195,22 +195,11 @@ pub fn run<B: Backend>(b: &B, device: &DeviceInfo, cfg: &BenchConfig) -> Result<
         record("scores", n, pm, t, Work::Bytes(4.0 * n as f64 * pm as f64));
         drop((rows, last, batch, theta));
 
-        let config = OptimConfig {
-            kind: OptimizerKind::Ngd,
-            lr: 1.0,
-            momentum: 0.9,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            ngd: NgdConfig {
-                fisher: FisherKind::Empirical,
-                damping: 1e-3,
-                adaptive_damping: false,
-                kl: 0.01,
-                cg,
-                curvature: CurvatureKind::Dense,
-            },
+        let config = {
+            let mut config = OptimConfig::new(OptimizerKind::Ngd, 1.0);
+            config.ngd.fisher = FisherKind::Empirical;
+            config.ngd.cg = cg;
+            config
         };
         // one step per curvature representation: "ngd_step" is the dense one
         for kind in CurvatureKind::ALL {

@@ -16,26 +16,7 @@ use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
 use natgrad::train::{self, RunConfig, Trainer};
 
 fn optim(kind: OptimizerKind, lr: f32) -> OptimConfig {
-    OptimConfig {
-        kind,
-        lr,
-        momentum: 0.9,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        ngd: NgdConfig {
-            fisher: FisherKind::Exact,
-            damping: 1e-3,
-            adaptive_damping: false,
-            kl: 0.01,
-            cg: CgParams {
-                max_iters: 50,
-                rel_tol: 1e-3,
-            },
-            curvature: CurvatureKind::Dense,
-        },
-    }
+    OptimConfig::new(kind, lr)
 }
 
 fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -> RunConfig {

@@ -80,6 +80,32 @@ pub struct OptimConfig {
 }
 
 impl OptimConfig {
+    /// `kind` at learning rate `lr` with the command line's other defaults: momentum 0.9, Adam's
+    /// (0.9, 0.999, 1e-8), no weight decay; natural gradient with the exact Fisher, λ 1e-3, a KL
+    /// trust region of 0.01, 50 CG iterations to 1e-3, the dense curvature.
+    pub fn new(kind: OptimizerKind, lr: f32) -> Self {
+        Self {
+            kind,
+            lr,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            ngd: NgdConfig {
+                fisher: FisherKind::Exact,
+                damping: 1e-3,
+                adaptive_damping: false,
+                kl: 0.01,
+                cg: CgParams {
+                    max_iters: 50,
+                    rel_tol: 1e-3,
+                },
+                curvature: CurvatureKind::Dense,
+            },
+        }
+    }
+
     /// Checks every setting is in range.
     pub fn validate(&self) -> Result<()> {
         let bad = |name, reason: String| Err(Error::InvalidArgument { name, reason });
