@@ -7,12 +7,12 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::time::Instant;
 
+use crate::backend::AdamStep;
+use crate::backend::cg::{CgParams, CgReport};
 use crate::backend::{Backend, BatchLoss};
 use crate::error::Result;
-use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
-use crate::optim::AdamStep;
-use crate::solve::{CgParams, CgReport};
+use crate::model::{FisherKind, SampleKey};
 
 /// The phases of a step, in the order a natural-gradient step runs them.
 pub const PHASES: [&str; 6] = ["forward", "gradient", "scores", "fisher", "solve", "update"];

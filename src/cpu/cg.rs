@@ -3,7 +3,7 @@
 
 use super::CpuMatrix;
 use super::linalg::{axpy, dot, xpby};
-use crate::solve::{CgOutcome, CgParams, CgReport, curvature_ok};
+use crate::backend::cg::{CgOutcome, CgParams, CgReport, curvature_ok};
 
 /// Solves `(A + λI) d = g` for a square A (shapes checked), starting from `d` and leaving the
 /// solution there.

@@ -193,7 +193,7 @@ pub fn sgd_step(theta: &mut [f32], g: &[f32], velocity: &mut [f32], lr: f32, mom
 }
 
 /// One Adam update: the twin of `adam_step` in shaders/optim.wgsl.
-pub fn adam_step(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: crate::optim::AdamStep) {
+pub fn adam_step(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: crate::backend::AdamStep) {
     let (bias1, bias2) = step.bias_corrections();
     for (((t, gi), mi), vi) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         *mi = step.beta1 * *mi + (1.0 - step.beta1) * gi;

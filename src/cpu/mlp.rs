@@ -10,8 +10,8 @@ use super::gemm::{View, matmul};
 use super::{CpuMatrix, Layout};
 use crate::backend::BatchLoss;
 use crate::error::Result;
-use crate::fisher::{self, FisherKind, SampleKey};
 use crate::model::Mlp;
+use crate::model::fisher::{self, FisherKind, SampleKey};
 
 /// A batch in host memory with its forward pass: per layer the pre-activations z and (hidden
 /// layers) activations, and backward scratch.

@@ -11,12 +11,12 @@ pub mod reference;
 
 use std::ops::Range;
 
+use crate::backend::AdamStep;
+use crate::backend::cg::{CgParams, CgReport};
 use crate::backend::{self, Backend, BatchLoss};
 use crate::error::{Error, Result};
-use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
-use crate::optim::AdamStep;
-use crate::solve::{CgParams, CgReport};
+use crate::model::{FisherKind, SampleKey};
 
 /// The most a G chunk takes on the CPU: large enough that chunking costs nothing, small enough
 /// to leave memory for F.

@@ -9,8 +9,8 @@ use super::context::GpuContext;
 use super::kernel;
 use super::linalg::{self, LinalgKernels};
 use super::shader::Variant;
+use crate::backend::cg::{CgOutcome, CgParams, CgReport};
 use crate::error::{Error, Result};
-use crate::solve::{CgOutcome, CgParams, CgReport};
 
 /// Iterations recorded per submission. Past it, the solve reads its 32-byte state back to decide
 /// whether to record more: one small read per this many iterations, and a bounded amount of

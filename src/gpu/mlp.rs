@@ -11,8 +11,8 @@ use super::matmul::{MatmulKernel, View};
 use super::shader::Variant;
 use crate::backend::BatchLoss;
 use crate::error::{Error, Result};
-use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
+use crate::model::{FisherKind, SampleKey};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]

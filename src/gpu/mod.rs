@@ -21,12 +21,12 @@ pub use context::GpuContext;
 
 use std::ops::Range;
 
+use crate::backend::AdamStep;
+use crate::backend::cg::{BREAKDOWN_RATIO, CgParams, CgReport};
 use crate::backend::{self, Backend, BatchLoss};
 use crate::error::{Error, Result};
-use crate::fisher::{FisherKind, SampleKey};
 use crate::model::Mlp;
-use crate::optim::AdamStep;
-use crate::solve::{self, CgParams, CgReport};
+use crate::model::{FisherKind, SampleKey};
 use shader::Variant;
 
 /// Choices that specialise the kernels; the defaults follow the adapter.
@@ -70,7 +70,7 @@ impl Gpu {
         let subgroups = options.subgroups && ctx.has_subgroups();
         let variant = Variant::default()
             .define("SUBGROUPS", subgroups)
-            .with_f32("BREAKDOWN_RATIO", solve::BREAKDOWN_RATIO);
+            .with_f32("BREAKDOWN_RATIO", BREAKDOWN_RATIO);
         let linalg_variant = Variant::default().define("SUBGROUPS", subgroups);
         let nb = options
             .fisher_blocking

@@ -5,8 +5,8 @@ use super::context::GpuContext;
 use super::kernel;
 use super::linalg::vector_groups;
 use super::shader::Variant;
+use crate::backend::AdamStep;
 use crate::error::Result;
-use crate::optim::AdamStep;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -5,10 +5,13 @@
 //! layer its weight `[out, in]` row-major, then its bias `[out]`.
 
 pub mod activation;
+pub mod fisher;
 pub mod likelihood;
 pub mod reference;
+pub mod rng;
 
 pub use activation::Activation;
+pub use fisher::{FisherKind, SampleKey};
 pub use likelihood::Likelihood;
 
 use rand::SeedableRng;

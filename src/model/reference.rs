@@ -4,7 +4,7 @@
 //! Batches are row-major: `xs` is n × inputs, `ys` is n × target width.
 
 use super::Mlp;
-use crate::fisher::{self, FisherKind, SampleKey};
+use crate::model::fisher::{self, FisherKind, SampleKey};
 
 /// One example's forward pass: `z[l]` the pre-activations of layer l, `a[l]` its input
 /// (`a[0] = x`). The last `z` holds the network's outputs.

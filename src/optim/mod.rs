@@ -1,27 +1,9 @@
 //! Optimisers: natural gradient (fixed step or KL trust region, fixed or adaptive damping) and
 //! the first-order baselines SGD (with momentum) and Adam, all on the same device loop.
 
-/// Settings of one Adam update (step t counts from 1).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub t: u32,
-}
-
-impl AdamStep {
-    /// The bias corrections 1 − β1ᵗ and 1 − β2ᵗ.
-    pub fn bias_corrections(&self) -> (f32, f32) {
-        (
-            1.0 - self.beta1.powi(self.t as i32),
-            1.0 - self.beta2.powi(self.t as i32),
-        )
-    }
-}
-
 pub mod ngd;
+
+pub use crate::backend::optim::AdamStep;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

@@ -7,11 +7,13 @@
 
 use std::ops::Range;
 
+pub mod cg;
+pub mod optim;
+
 use crate::error::{Error, Result};
-use crate::fisher::{FisherKind, SampleKey};
-use crate::model::Mlp;
-use crate::optim::AdamStep;
-use crate::solve::{CgParams, CgReport};
+use crate::model::{FisherKind, Mlp, SampleKey};
+pub use cg::{CgParams, CgReport};
+pub use optim::AdamStep;
 
 /// Mean negative log-likelihood and accuracy over a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -203,7 +205,7 @@ pub trait Backend {
         g: &mut Self::Vector,
     ) -> Result<()>;
 
-    /// Rows `rows` of the score matrix G of Fisher `kind` (see [`crate::fisher`]) at the last
+    /// Rows `rows` of the score matrix G of Fisher `kind` (see [`crate::model::fisher`]) at the last
     /// forward pass, into `out` (`rows.len() × p`). Row r belongs to example
     /// `r / kind.rows_per_example`.
     #[allow(clippy::too_many_arguments)]

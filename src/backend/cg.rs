@@ -1,0 +1,97 @@
+//! The vocabulary of conjugate gradient that both devices and every solver share: the settings of a
+//! solve, its report, and the stopping and breakdown rules (the GPU's fused kernel takes the
+//! breakdown ratio as a shader constant).
+
+use crate::error::{Error, Result};
+
+/// A search direction whose Rayleigh quotient `sᵀAs / sᵀs` falls below this fraction of the
+/// largest one seen has met a numerically singular direction of `A = F + λI`: in f32 the quotient
+/// is then rounding noise (about `√p · 2⁻²⁴` of the largest), and a step along it would blow `d`
+/// up. A well-posed damped system, condition number up to 10⁴, stays clear of it. Shared with the
+/// GPU kernel, which receives it as a shader constant.
+pub const BREAKDOWN_RATIO: f32 = 1e-5;
+
+/// False when a step along a direction would divide by a (numerically) zero, negative or NaN
+/// curvature: its Rayleigh quotient is not above [`BREAKDOWN_RATIO`] of the largest seen (`mu`).
+/// The host solvers' twin of `curvature_ok` in shaders/cg.wgsl.
+pub fn curvature_ok(rayleigh: f64, mu: f64) -> bool {
+    rayleigh > BREAKDOWN_RATIO as f64 * mu.max(rayleigh)
+}
+
+/// How a solve ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgOutcome {
+    /// `‖r‖ ≤ tol · ‖g‖` (recursive residual).
+    Converged,
+    /// Ran `max_iters` iterations without converging.
+    MaxIterations,
+    /// Met a direction of zero or negative curvature: `F + λI` is singular (or not positive
+    /// definite) to working precision. `d` is the last iterate before it, finite.
+    Breakdown,
+}
+
+impl CgOutcome {
+    /// The code the GPU kernels use for it (0 is "running").
+    pub(crate) fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Self::Converged),
+            2 => Some(Self::MaxIterations),
+            3 => Some(Self::Breakdown),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of one solve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CgParams {
+    /// Upper bound on iterations (each one matvec).
+    pub max_iters: usize,
+    /// Stop when `‖r‖ ≤ rel_tol · ‖g‖`.
+    pub rel_tol: f32,
+}
+
+impl Default for CgParams {
+    fn default() -> Self {
+        Self {
+            max_iters: 100,
+            rel_tol: 1e-4,
+        }
+    }
+}
+
+impl CgParams {
+    /// Checks the settings and the damping λ.
+    pub fn validate(&self, damping: f32) -> Result<()> {
+        if !(self.rel_tol.is_finite() && self.rel_tol >= 0.0) {
+            return Err(Error::InvalidArgument {
+                name: "CG tolerance",
+                reason: format!("{} is not a finite non-negative number", self.rel_tol),
+            });
+        }
+        if !(damping.is_finite() && damping >= 0.0) {
+            return Err(Error::InvalidArgument {
+                name: "damping",
+                reason: format!("{damping} is not a finite non-negative number"),
+            });
+        }
+        if self.max_iters > u32::MAX as usize {
+            return Err(Error::InvalidArgument {
+                name: "CG iterations",
+                reason: format!("{} is above {}", self.max_iters, u32::MAX),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a solve did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CgReport {
+    /// Iterations (matvecs after the initial residual) used.
+    pub iterations: usize,
+    /// The true relative residual `‖g − (F + λI)d‖ / ‖g‖` of the returned `d`, recomputed from
+    /// scratch (the recursive residual drifts in f32). 0 when `g = 0`.
+    pub rel_residual: f32,
+    pub outcome: CgOutcome,
+}
