@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use natgrad::CgParams;
 use natgrad::cpu::Cpu;
 use natgrad::gpu::Gpu;
-use natgrad::{Backend, CgParams};
+use natgrad::prelude::*;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 

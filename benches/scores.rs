@@ -15,12 +15,12 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use natgrad::Backend;
 use natgrad::cpu::Cpu;
 use natgrad::fisher::{self, FisherKind, SampleKey};
 use natgrad::gpu::Gpu;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
 use natgrad::optim::{OptimConfig, OptimizerKind};
+use natgrad::prelude::*;
 use natgrad::train::Trainer;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};

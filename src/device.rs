@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::cpu::Cpu;
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuContext, GpuOptions, context};

@@ -22,7 +22,7 @@ pub mod profile;
 pub mod solve;
 pub mod train;
 
-pub use backend::Backend;
+pub use backend::{Backend, prelude};
 pub use error::{Error, Result};
 pub use solve::{CgOutcome, CgParams, CgReport};
 

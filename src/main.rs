@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use natgrad::backend::prelude::*;
 use natgrad::data::TaskChoice;
 use natgrad::device::{self, AnyBackend, DeviceChoice};
 use natgrad::fisher::FisherKind;
@@ -16,7 +17,7 @@ use natgrad::model::Activation;
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
 use natgrad::profile::{PHASES, Phases, Profiled};
 use natgrad::train::{self, Event, RunConfig};
-use natgrad::{Backend, CgParams, apply, bench, demo, io, with_backend};
+use natgrad::{CgParams, apply, bench, demo, io, with_backend};
 
 #[derive(Parser)]
 #[command(

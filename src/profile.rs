@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::backend::AdamStep;
 use crate::backend::cg::{CgParams, CgReport};
-use crate::backend::{Backend, BatchLoss};
+use crate::backend::{Backend, BatchLoss, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps};
 use crate::error::Result;
 use crate::model::Mlp;
 use crate::model::{FisherKind, SampleKey};
@@ -63,10 +63,9 @@ const FISHER: usize = 3;
 const SOLVE: usize = 4;
 const UPDATE: usize = 5;
 
-impl<B: Backend> Backend for Profiled<'_, B> {
+impl<B: Backend> Buffers for Profiled<'_, B> {
     type Matrix = B::Matrix;
     type Vector = B::Vector;
-    type Batch = B::Batch;
 
     fn describe(&self) -> String {
         self.inner.describe()
@@ -108,16 +107,46 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         self.inner.len(v)
     }
 
-    fn fisher_accumulate(&self, f: &mut B::Matrix, g: &B::Matrix, scale: f32, accumulate: bool) -> Result<()> {
-        self.timed(FISHER, || self.inner.fisher_accumulate(f, g, scale, accumulate))
+    fn copy(&self, src: &B::Vector, dst: &mut B::Vector) -> Result<()> {
+        self.timed(UPDATE, || self.inner.copy(src, dst))
     }
 
+    fn copy_range(&self, src: &B::Vector, src0: usize, dst: &mut B::Vector, dst0: usize, len: usize) -> Result<()> {
+        self.timed(SOLVE, || self.inner.copy_range(src, src0, dst, dst0, len))
+    }
+
+    fn copy_columns(&self, src: &B::Matrix, col0: usize, dst: &mut B::Matrix) -> Result<()> {
+        self.timed(FISHER, || self.inner.copy_columns(src, col0, dst))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+
+    fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        self.inner.time_device(work)
+    }
+
+    fn memory_available(&self) -> Option<u64> {
+        self.inner.memory_available()
+    }
+
+    fn max_matrix_bytes(&self) -> u64 {
+        self.inner.max_matrix_bytes()
+    }
+}
+
+impl<B: Backend> BlasOps for Profiled<'_, B> {
     fn matvec(&self, a: &B::Matrix, damping: f32, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
         self.timed(UPDATE, || self.inner.matvec(a, damping, x, y))
     }
 
     fn dot(&self, x: &B::Vector, y: &B::Vector) -> Result<f32> {
         self.timed(UPDATE, || self.inner.dot(x, y))
+    }
+
+    fn weighted_dot(&self, x: &B::Vector, w: &B::Vector, y: &B::Vector) -> Result<f32> {
+        self.timed(FORWARD, || self.inner.weighted_dot(x, w, y))
     }
 
     fn axpy(&self, alpha: f32, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
@@ -128,46 +157,8 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         self.timed(UPDATE, || self.inner.xpby(x, beta, y))
     }
 
-    fn weighted_dot(&self, x: &B::Vector, w: &B::Vector, y: &B::Vector) -> Result<f32> {
-        self.timed(FORWARD, || self.inner.weighted_dot(x, w, y))
-    }
-
-    fn copy(&self, src: &B::Vector, dst: &mut B::Vector) -> Result<()> {
-        self.timed(UPDATE, || self.inner.copy(src, dst))
-    }
-
-    fn sgd_step(&self, theta: &mut B::Vector, g: &B::Vector, v: &mut B::Vector, lr: f32, momentum: f32) -> Result<()> {
-        self.timed(UPDATE, || self.inner.sgd_step(theta, g, v, lr, momentum))
-    }
-
-    fn adam_step(
-        &self,
-        theta: &mut B::Vector,
-        g: &B::Vector,
-        m: &mut B::Vector,
-        v: &mut B::Vector,
-        step: AdamStep,
-    ) -> Result<()> {
-        self.timed(UPDATE, || self.inner.adam_step(theta, g, m, v, step))
-    }
-
-    fn cg_solve(
-        &self,
-        a: &B::Matrix,
-        damping: f32,
-        g: &B::Vector,
-        d: &mut B::Vector,
-        params: &CgParams,
-    ) -> Result<CgReport> {
-        self.timed(SOLVE, || self.inner.cg_solve(a, damping, g, d, params))
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-
-    fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
-        self.inner.time_device(work)
+    fn add_diagonal(&self, a: &mut B::Matrix, d: &B::Vector) -> Result<()> {
+        self.timed(FISHER, || self.inner.add_diagonal(a, d))
     }
 
     fn gemv(&self, a: &B::Matrix, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
@@ -197,26 +188,29 @@ impl<B: Backend> Backend for Profiled<'_, B> {
     fn gram_block(&self, k: &mut B::Matrix, a: &B::Matrix, b: &B::Matrix, row0: usize, col0: usize) -> Result<()> {
         self.timed(FISHER, || self.inner.gram_block(k, a, b, row0, col0))
     }
+}
 
-    fn copy_columns(&self, src: &B::Matrix, col0: usize, dst: &mut B::Matrix) -> Result<()> {
-        self.timed(FISHER, || self.inner.copy_columns(src, col0, dst))
+impl<B: Backend> FisherOps for Profiled<'_, B> {
+    fn fisher_accumulate(&self, f: &mut B::Matrix, g: &B::Matrix, scale: f32, accumulate: bool) -> Result<()> {
+        self.timed(FISHER, || self.inner.fisher_accumulate(f, g, scale, accumulate))
     }
+}
 
-    fn copy_range(&self, src: &B::Vector, src0: usize, dst: &mut B::Vector, dst0: usize, len: usize) -> Result<()> {
-        self.timed(SOLVE, || self.inner.copy_range(src, src0, dst, dst0, len))
+impl<B: Backend> CgOps for Profiled<'_, B> {
+    fn cg_solve(
+        &self,
+        a: &B::Matrix,
+        damping: f32,
+        g: &B::Vector,
+        d: &mut B::Vector,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        self.timed(SOLVE, || self.inner.cg_solve(a, damping, g, d, params))
     }
+}
 
-    fn add_diagonal(&self, a: &mut B::Matrix, d: &B::Vector) -> Result<()> {
-        self.timed(FISHER, || self.inner.add_diagonal(a, d))
-    }
-
-    fn max_matrix_bytes(&self) -> u64 {
-        self.inner.max_matrix_bytes()
-    }
-
-    fn memory_available(&self) -> Option<u64> {
-        self.inner.memory_available()
-    }
+impl<B: Backend> MlpOps for Profiled<'_, B> {
+    type Batch = B::Batch;
 
     fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<B::Batch> {
         self.timed(FORWARD, || self.inner.upload_batch(mlp, x, targets))
@@ -262,5 +256,22 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         self.timed(SCORES, || {
             self.inner.score_rows(mlp, theta, batch, kind, key, rows, out)
         })
+    }
+}
+
+impl<B: Backend> OptimOps for Profiled<'_, B> {
+    fn sgd_step(&self, theta: &mut B::Vector, g: &B::Vector, v: &mut B::Vector, lr: f32, momentum: f32) -> Result<()> {
+        self.timed(UPDATE, || self.inner.sgd_step(theta, g, v, lr, momentum))
+    }
+
+    fn adam_step(
+        &self,
+        theta: &mut B::Vector,
+        g: &B::Vector,
+        m: &mut B::Vector,
+        v: &mut B::Vector,
+        step: AdamStep,
+    ) -> Result<()> {
+        self.timed(UPDATE, || self.inner.adam_step(theta, g, m, v, step))
     }
 }

@@ -5,7 +5,8 @@ mod common;
 
 use common::{gpu_variants, normal, rng};
 use natgrad::cpu::{Cpu, reference};
-use natgrad::{Backend, CgOutcome, CgParams, CgReport};
+use natgrad::prelude::*;
+use natgrad::{CgOutcome, CgParams, CgReport};
 
 /// A Fisher-like SPD system: F = GᵀG/m for G m×p standard normal, and a random g.
 struct System {

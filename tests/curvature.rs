@@ -8,7 +8,8 @@ use natgrad::cpu::{Cpu, reference};
 use natgrad::fisher::curvature::{self, Curvature, CurvatureKind};
 use natgrad::fisher::{FisherKind, SampleKey};
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec, reference as model_ref};
-use natgrad::{Backend, CgParams, Error};
+use natgrad::prelude::*;
+use natgrad::{CgParams, Error};
 
 const KEY: SampleKey = SampleKey { seed: 1, step: 2 };
 const DAMPING: f32 = 1e-2;

@@ -3,7 +3,8 @@
 mod common;
 
 use natgrad::cpu::Cpu;
-use natgrad::{Backend, CgParams, Error};
+use natgrad::prelude::*;
+use natgrad::{CgParams, Error};
 
 fn bad_uploads<B: Backend>(b: &B) {
     let name = b.describe();

@@ -3,8 +3,8 @@
 mod common;
 
 use common::{exactly_symmetric, gpu_variants, normal, rng};
-use natgrad::Backend;
 use natgrad::cpu::{Cpu, reference};
+use natgrad::prelude::*;
 
 /// (m, p): rows and columns of G, chosen to miss every tile size (64, 128) and stage depth.
 const SIZES: [(usize, usize); 6] = [(1, 1), (7, 13), (129, 67), (300, 257), (5, 130), (64, 64)];

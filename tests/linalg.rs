@@ -3,8 +3,8 @@
 mod common;
 
 use common::{gpu_variants, normal, rng};
-use natgrad::Backend;
 use natgrad::cpu::{Cpu, reference};
+use natgrad::prelude::*;
 
 /// Lengths around the vec4 padding and the 256-wide workgroups (1027 needs several dot partials).
 const LENS: [usize; 6] = [1, 3, 13, 67, 1024, 1027];

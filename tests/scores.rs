@@ -5,11 +5,11 @@
 mod common;
 
 use common::{batch, gpu_variants, likelihoods, normal, params, rng};
-use natgrad::Backend;
 use natgrad::cpu::{Cpu, reference::rel_error};
 use natgrad::fisher::{self, FisherKind, SampleKey};
 use natgrad::model::likelihood::softmax;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec, reference};
+use natgrad::prelude::*;
 
 const KINDS: [FisherKind; 3] = [
     FisherKind::Empirical,

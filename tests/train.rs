@@ -3,7 +3,6 @@
 
 mod common;
 
-use natgrad::Backend;
 use natgrad::CgParams;
 use natgrad::apply;
 use natgrad::cpu::Cpu;
@@ -13,6 +12,7 @@ use natgrad::fisher::curvature::CurvatureKind;
 use natgrad::io::checkpoint::Checkpoint;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
+use natgrad::prelude::*;
 use natgrad::train::{self, RunConfig, Trainer};
 
 fn optim(kind: OptimizerKind, lr: f32) -> OptimConfig {

@@ -1,19 +1,43 @@
-//! The one interface both devices implement: the trainer, the tests and the benches see only
-//! this, so every GPU kernel has a CPU twin that answers the same calls.
+//! The interface both devices implement, as op families: the trainer, the tests and the benches
+//! see only these traits, so every GPU kernel has a CPU twin that answers the same calls. A device
+//! is read and extended one family at a time; each family's implementation sits in the device's
+//! file of the same name (`src/gpu/<family>.rs`, `src/cpu/<family>.rs`).
+//!
+//! | trait | what | kernels |
+//! |---|---|---|
+//! | [`Buffers`] | allocation, transfer, shapes, copies, synchronisation | |
+//! | [`BlasOps`] | vectors, symmetric and general matrix-vector products | `linalg`, `blas2` |
+//! | [`FisherOps`] | `F ← F + s·GᵀG`, exactly symmetric | `fisher` |
+//! | [`CgOps`] | the dense damped CG solve | `cg` |
+//! | [`MlpOps`] | batches, forward pass, loss, gradient, score rows | `mlp`, `matmul` |
+//! | [`OptimOps`] | the elementwise optimiser updates | `optim` |
 //!
 //! Matrices are row-major f32 (`rows × cols`); vectors are f32. GPU implementations may run
-//! asynchronously: operations are queued in order, and only downloads (and [`Backend::dot`],
-//! [`Backend::cg_solve`]'s report, [`Backend::synchronize`]) wait for the device.
+//! asynchronously: operations are queued in order, and only downloads (and dot products, the CG
+//! report, [`Buffers::synchronize`]) wait for the device.
+
+pub mod cg;
+mod check;
+pub mod optim;
+
+pub use cg::{CgOutcome, CgParams, CgReport};
+pub use check::*;
+pub use optim::AdamStep;
 
 use std::ops::Range;
 
-pub mod cg;
-pub mod optim;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{FisherKind, Mlp, SampleKey};
-pub use cg::{CgParams, CgReport};
-pub use optim::AdamStep;
+
+/// Every op family: what the trainer needs of a device.
+pub trait Backend: BlasOps + FisherOps + CgOps + MlpOps + OptimOps {}
+
+impl<T: BlasOps + FisherOps + CgOps + MlpOps + OptimOps> Backend for T {}
+
+/// The traits to import for calling backend methods on a concrete device.
+pub mod prelude {
+    pub use super::{Backend, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps};
+}
 
 /// Mean negative log-likelihood and accuracy over a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,14 +49,12 @@ pub struct BatchLoss {
     pub examples: usize,
 }
 
-/// A device that can build a Fisher matrix and solve with it.
-pub trait Backend {
+/// Device memory: allocation, transfer, shapes and copies, and what the device is.
+pub trait Buffers {
     /// A dense matrix resident on the device.
     type Matrix;
     /// A vector resident on the device.
     type Vector;
-    /// An MLP batch on the device: inputs, targets, and the forward pass's activations.
-    type Batch;
 
     /// What the device is, in one line (the adapter, or the CPU and its threads).
     fn describe(&self) -> String;
@@ -57,60 +79,19 @@ pub trait Backend {
     /// Number of elements.
     fn len(&self, v: &Self::Vector) -> usize;
 
-    /// `F ← (accumulate ? F : 0) + scale · GᵀG` for `G: m×p` and a symmetric `F: p×p`; F comes
-    /// out exactly symmetric. Calling it once per chunk of G's rows with `scale = 1/m_total` builds the
-    /// Fisher of G chunk by chunk.
-    fn fisher_accumulate(&self, f: &mut Self::Matrix, g: &Self::Matrix, scale: f32, accumulate: bool) -> Result<()>;
-
-    /// `F = (1/m) GᵀG` for `G: m×p`.
-    fn fisher(&self, g: &Self::Matrix) -> Result<Self::Matrix> {
-        let (m, p) = self.shape(g);
-        let mut f = self.zeros_matrix("Fisher matrix F", p, p)?;
-        self.fisher_accumulate(&mut f, g, 1.0 / m as f32, false)?;
-        Ok(f)
-    }
-
-    /// `y = (A + λI) x` for a square (symmetric) `A`.
-    fn matvec(&self, a: &Self::Matrix, damping: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
-    /// `xᵀy`, on the host.
-    fn dot(&self, x: &Self::Vector, y: &Self::Vector) -> Result<f32>;
-    /// `y ← y + α x`.
-    fn axpy(&self, alpha: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
-    /// `y ← x + β y`.
-    fn xpby(&self, x: &Self::Vector, beta: f32, y: &mut Self::Vector) -> Result<()>;
-    /// `Σ xᵢ wᵢ yᵢ`, on the host.
-    fn weighted_dot(&self, x: &Self::Vector, w: &Self::Vector, y: &Self::Vector) -> Result<f32>;
     /// `dst ← src`.
     fn copy(&self, src: &Self::Vector, dst: &mut Self::Vector) -> Result<()>;
-    /// SGD with momentum: `velocity ← μ·velocity + g; θ ← θ − lr·velocity`.
-    fn sgd_step(
+    /// `dst[dst0 .. dst0 + len] = src[src0 .. src0 + len]`.
+    fn copy_range(
         &self,
-        theta: &mut Self::Vector,
-        g: &Self::Vector,
-        velocity: &mut Self::Vector,
-        lr: f32,
-        momentum: f32,
+        src: &Self::Vector,
+        src0: usize,
+        dst: &mut Self::Vector,
+        dst0: usize,
+        len: usize,
     ) -> Result<()>;
-    /// One Adam update of θ, moments `m` and `v` (bias-corrected with `step.t`).
-    fn adam_step(
-        &self,
-        theta: &mut Self::Vector,
-        g: &Self::Vector,
-        m: &mut Self::Vector,
-        v: &mut Self::Vector,
-        step: AdamStep,
-    ) -> Result<()>;
-
-    /// Solves `(A + λI) d = g` by conjugate gradient, starting from the `d` passed in (zeros for
-    /// a cold start, the previous direction for a warm one) and leaving the solution there.
-    fn cg_solve(
-        &self,
-        a: &Self::Matrix,
-        damping: f32,
-        g: &Self::Vector,
-        d: &mut Self::Vector,
-        params: &CgParams,
-    ) -> Result<CgReport>;
+    /// `dst = src[:, col0 .. col0 + dst.cols]` (dst has src's rows).
+    fn copy_columns(&self, src: &Self::Matrix, col0: usize, dst: &mut Self::Matrix) -> Result<()>;
 
     /// Waits until all queued work has finished (for timing).
     fn synchronize(&self) -> Result<()>;
@@ -122,10 +103,31 @@ pub trait Backend {
         Ok(None)
     }
 
+    /// Memory the device has free for natgrad, where it can tell (wgpu does not report a GPU's).
+    fn memory_available(&self) -> Option<u64> {
+        None
+    }
+
+    /// The largest matrix the device holds in one piece, in bytes: G is built in chunks of rows
+    /// that fit it.
+    fn max_matrix_bytes(&self) -> u64;
+}
+
+/// Vector operations and matrix-vector products (`linalg` for vectors and square symmetric
+/// matrices, `blas2` for general ones such as the score rows G).
+pub trait BlasOps: Buffers {
+    /// `y = (A + λI) x` for a square (symmetric) `A`.
+    fn matvec(&self, a: &Self::Matrix, damping: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
+    /// `xᵀy`, on the host.
+    fn dot(&self, x: &Self::Vector, y: &Self::Vector) -> Result<f32>;
+    /// `Σ xᵢ wᵢ yᵢ`, on the host.
+    fn weighted_dot(&self, x: &Self::Vector, w: &Self::Vector, y: &Self::Vector) -> Result<f32>;
+    /// `y ← y + α x`.
+    fn axpy(&self, alpha: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
+    /// `y ← x + β y`.
+    fn xpby(&self, x: &Self::Vector, beta: f32, y: &mut Self::Vector) -> Result<()>;
     /// `A_ii += d_i` for a square A.
     fn add_diagonal(&self, a: &mut Self::Matrix, d: &Self::Vector) -> Result<()>;
-
-    // ---- curvature representations ----
 
     /// `y = A x` for any `A` (rows × cols).
     fn gemv(&self, a: &Self::Matrix, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
@@ -155,28 +157,43 @@ pub trait Backend {
         row0: usize,
         col0: usize,
     ) -> Result<()>;
-    /// `dst = src[:, col0 .. col0 + dst.cols]` (dst has src's rows).
-    fn copy_columns(&self, src: &Self::Matrix, col0: usize, dst: &mut Self::Matrix) -> Result<()>;
-    /// `dst[dst0 .. dst0 + len] = src[src0 .. src0 + len]`.
-    fn copy_range(
-        &self,
-        src: &Self::Vector,
-        src0: usize,
-        dst: &mut Self::Vector,
-        dst0: usize,
-        len: usize,
-    ) -> Result<()>;
+}
 
-    /// Memory the device has free for natgrad, where it can tell (wgpu does not report a GPU's).
-    fn memory_available(&self) -> Option<u64> {
-        None
+/// The symmetric outer-product accumulation that builds a Fisher from score rows.
+pub trait FisherOps: Buffers {
+    /// `F ← (accumulate ? F : 0) + scale · GᵀG` for `G: m×p` and a symmetric `F: p×p`; F comes
+    /// out exactly symmetric. Calling it once per chunk of G's rows with `scale = 1/m_total`
+    /// builds the Fisher of G chunk by chunk.
+    fn fisher_accumulate(&self, f: &mut Self::Matrix, g: &Self::Matrix, scale: f32, accumulate: bool) -> Result<()>;
+
+    /// `F = (1/m) GᵀG` for `G: m×p`.
+    fn fisher(&self, g: &Self::Matrix) -> Result<Self::Matrix> {
+        let (m, p) = self.shape(g);
+        let mut f = self.zeros_matrix("Fisher matrix F", p, p)?;
+        self.fisher_accumulate(&mut f, g, 1.0 / m as f32, false)?;
+        Ok(f)
     }
+}
 
-    /// The largest matrix the device holds in one piece, in bytes: G is built in chunks of rows
-    /// that fit it.
-    fn max_matrix_bytes(&self) -> u64;
+/// The dense damped solve: a device primitive, so the GPU can run it fused (α and β on the
+/// device, one read-back per solve).
+pub trait CgOps: BlasOps {
+    /// Solves `(A + λI) d = g` by conjugate gradient, starting from the `d` passed in (zeros for
+    /// a cold start, the previous direction for a warm one) and leaving the solution there.
+    fn cg_solve(
+        &self,
+        a: &Self::Matrix,
+        damping: f32,
+        g: &Self::Vector,
+        d: &mut Self::Vector,
+        params: &CgParams,
+    ) -> Result<CgReport>;
+}
 
-    // ---- models ----
+/// An MLP on the device: batches, the forward pass, loss, gradient and score rows.
+pub trait MlpOps: Buffers {
+    /// An MLP batch on the device: inputs, targets, and the forward pass's activations.
+    type Batch;
 
     /// Uploads a batch: `x` n × inputs, `targets` n × target width (class indices for
     /// classification), both row-major; checked with [`Mlp::check_batch`].
@@ -185,8 +202,9 @@ pub trait Backend {
     /// Examples in the batch.
     fn batch_size(&self, batch: &Self::Batch) -> usize;
 
-    /// The forward pass at θ; the batch keeps every layer's pre-activations and activations, which
-    /// [`Backend::batch_loss`], [`Backend::gradient`] and [`Backend::score_rows`] use (with the same θ).
+    /// The forward pass at θ; the batch keeps every layer's pre-activations and activations,
+    /// which [`MlpOps::batch_loss`], [`MlpOps::gradient`] and [`MlpOps::score_rows`] use (with
+    /// the same θ).
     fn forward(&self, mlp: &Mlp, theta: &Self::Vector, batch: &mut Self::Batch) -> Result<()>;
 
     /// The network's outputs z_L of the last forward pass, n × outputs (waits for the device).
@@ -205,8 +223,8 @@ pub trait Backend {
         g: &mut Self::Vector,
     ) -> Result<()>;
 
-    /// Rows `rows` of the score matrix G of Fisher `kind` (see [`crate::model::fisher`]) at the last
-    /// forward pass, into `out` (`rows.len() × p`). Row r belongs to example
+    /// Rows `rows` of the score matrix G of Fisher `kind` (see [`crate::model::fisher`]) at the
+    /// last forward pass, into `out` (`rows.len() × p`). Row r belongs to example
     /// `r / kind.rows_per_example`.
     #[allow(clippy::too_many_arguments)]
     fn score_rows(
@@ -221,101 +239,24 @@ pub trait Backend {
     ) -> Result<()>;
 }
 
-/// Checks a host buffer against its stated shape before upload.
-pub fn check_upload(what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<()> {
-    if rows == 0 || cols == 0 {
-        return Err(Error::Empty(what));
-    }
-    if rows.checked_mul(cols) != Some(data.len()) {
-        return Err(Error::Shape(format!(
-            "{what}: {} values for a {rows}×{cols} matrix",
-            data.len()
-        )));
-    }
-    crate::error::check_finite(what, cols, data)
-}
-
-/// Checks the operand shapes of `fisher_accumulate`.
-pub fn check_fisher(f: (usize, usize), g: (usize, usize)) -> Result<()> {
-    if g.0 == 0 || g.1 == 0 {
-        return Err(Error::Empty("score matrix G"));
-    }
-    if f != (g.1, g.1) {
-        return Err(Error::Shape(format!(
-            "Fisher F is {}×{} but G has {} columns (F must be {}×{})",
-            f.0, f.1, g.1, g.1, g.1
-        )));
-    }
-    Ok(())
-}
-
-/// Checks `y = A x` shapes: A square, x and y of its size.
-pub fn check_matvec(a: (usize, usize), x: usize, y: usize) -> Result<()> {
-    if a.0 != a.1 {
-        return Err(Error::Shape(format!("matrix is {}×{}, not square", a.0, a.1)));
-    }
-    if x != a.1 || y != a.0 {
-        return Err(Error::Shape(format!(
-            "matrix is {}×{} but the vectors have {x} and {y} elements",
-            a.0, a.1
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the arguments of `score_rows`.
-pub fn check_score_rows(mlp: &Mlp, n: usize, kind: FisherKind, rows: &Range<usize>, out: (usize, usize)) -> Result<()> {
-    let total = n * kind.rows_per_example(mlp.likelihood());
-    if rows.start >= rows.end || rows.end > total {
-        return Err(Error::Shape(format!(
-            "score rows {rows:?} outside the batch's {total} rows of G"
-        )));
-    }
-    if out != (rows.len(), mlp.num_params()) {
-        return Err(Error::Shape(format!(
-            "score rows {rows:?} need a {}×{} matrix, not {}×{}",
-            rows.len(),
-            mlp.num_params(),
-            out.0,
-            out.1
-        )));
-    }
-    if let FisherKind::Sampled { draws: 0 } = kind {
-        return Err(Error::InvalidArgument {
-            name: "sampled Fisher draws",
-            reason: "need at least 1".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a range of `len` elements from `start` lies inside `total`.
-pub fn check_range(what: &str, start: usize, len: usize, total: usize) -> Result<()> {
-    if start.checked_add(len).is_none_or(|end| end > total) {
-        return Err(Error::Shape(format!(
-            "{what} {start}..{} outside 0..{total}",
-            start.saturating_add(len)
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the operands of `gram_block`.
-pub fn check_gram(k: (usize, usize), a: (usize, usize), b: (usize, usize), row0: usize, col0: usize) -> Result<()> {
-    if a.1 != b.1 {
-        return Err(Error::Shape(format!(
-            "Gram block of {}×{} and {}×{}: column counts differ",
-            a.0, a.1, b.0, b.1
-        )));
-    }
-    check_range("Gram block rows", row0, a.0, k.0)?;
-    check_range("Gram block columns", col0, b.0, k.1)
-}
-
-/// Checks two vectors have one length.
-pub fn check_same_len(x: usize, y: usize) -> Result<()> {
-    if x != y {
-        return Err(Error::Shape(format!("vectors of {x} and {y} elements")));
-    }
-    Ok(())
+/// The elementwise optimiser updates.
+pub trait OptimOps: Buffers {
+    /// SGD with momentum: `velocity ← μ·velocity + g; θ ← θ − lr·velocity`.
+    fn sgd_step(
+        &self,
+        theta: &mut Self::Vector,
+        g: &Self::Vector,
+        velocity: &mut Self::Vector,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()>;
+    /// One Adam update of θ, moments `m` and `v` (bias-corrected with `step.t`).
+    fn adam_step(
+        &self,
+        theta: &mut Self::Vector,
+        g: &Self::Vector,
+        m: &mut Self::Vector,
+        v: &mut Self::Vector,
+        step: AdamStep,
+    ) -> Result<()>;
 }

@@ -1,9 +1,11 @@
 //! Conjugate gradient on the CPU: the twin of `shaders/cg.wgsl`, the same iteration, stopping
 //! rule and breakdown test; dot products keep 32 f32 lanes and sum them in f64.
 
-use super::CpuMatrix;
 use super::linalg::{axpy, dot, xpby};
+use super::{Cpu, CpuMatrix};
 use crate::backend::cg::{CgOutcome, CgParams, CgReport, curvature_ok};
+use crate::backend::{self, CgOps};
+use crate::error::Result;
 
 /// Solves `(A + λI) d = g` for a square A (shapes checked), starting from `d` and leaving the
 /// solution there.
@@ -59,5 +61,20 @@ pub fn solve(a: &CpuMatrix, damping: f32, g: &[f32], d: &mut [f32], params: &CgP
         iterations,
         rel_residual,
         outcome,
+    }
+}
+
+impl CgOps for Cpu {
+    fn cg_solve(
+        &self,
+        a: &CpuMatrix,
+        damping: f32,
+        g: &Vec<f32>,
+        d: &mut Vec<f32>,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        params.validate(damping)?;
+        backend::check_matvec((a.rows, a.cols), g.len(), d.len())?;
+        Ok(solve(a, damping, g, d, params))
     }
 }

@@ -9,6 +9,10 @@
 
 use rayon::prelude::*;
 
+use super::{Cpu, CpuMatrix, Layout};
+use crate::backend::{self, Buffers, FisherOps};
+use crate::error::Result;
+
 /// Tile edge for F of size p: large tiles keep the GEMM kernels efficient, enough of them keep
 /// both cores busy; measured best at p/4 between 64 and 512 on 2 cores (n = 1024).
 fn tile_edge(p: usize) -> usize {
@@ -81,5 +85,20 @@ pub fn mirror_upper(f: &mut [f32], p: usize) {
                 }
             }
         }
+    }
+}
+
+impl FisherOps for Cpu {
+    fn fisher_accumulate(&self, f: &mut CpuMatrix, g: &CpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
+        backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
+        // accumulating reads F's upper triangle: F is symmetric, as a Fisher is
+        if g.layout == Layout::SymmetricUpper {
+            let full = self.download_matrix(g)?;
+            syrk(&full, g.rows, g.cols, scale, accumulate, &mut f.data);
+        } else {
+            syrk(&g.data, g.rows, g.cols, scale, accumulate, &mut f.data);
+        }
+        f.layout = Layout::SymmetricUpper;
+        Ok(())
     }
 }

@@ -7,6 +7,10 @@
 
 use rayon::prelude::*;
 
+use super::{Cpu, CpuMatrix, Layout, blas2};
+use crate::backend::{self, BlasOps};
+use crate::error::Result;
+
 const LANES: usize = 32;
 
 /// Defines `pub fn $name(args)` running `$generic(args)` compiled for the widest vector unit this
@@ -184,20 +188,97 @@ pub fn weighted_dot(x: &[f32], w: &[f32], y: &[f32]) -> f64 {
         .sum()
 }
 
-/// velocity ← μ·velocity + g; θ ← θ − lr·velocity
-pub fn sgd_step(theta: &mut [f32], g: &[f32], velocity: &mut [f32], lr: f32, momentum: f32) {
-    for ((t, gi), v) in theta.iter_mut().zip(g).zip(velocity.iter_mut()) {
-        *v = momentum * *v + gi;
-        *t -= lr * *v;
+impl BlasOps for Cpu {
+    fn matvec(&self, a: &CpuMatrix, damping: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_matvec((a.rows, a.cols), x.len(), y.len())?;
+        a.matvec(damping, x, y);
+        Ok(())
     }
-}
 
-/// One Adam update: the twin of `adam_step` in shaders/optim.wgsl.
-pub fn adam_step(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: crate::backend::AdamStep) {
-    let (bias1, bias2) = step.bias_corrections();
-    for (((t, gi), mi), vi) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *mi = step.beta1 * *mi + (1.0 - step.beta1) * gi;
-        *vi = step.beta2 * *vi + (1.0 - step.beta2) * gi * gi;
-        *t -= step.lr * (*mi / bias1) / ((*vi / bias2).sqrt() + step.eps);
+    fn dot(&self, x: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
+        backend::check_same_len(x.len(), y.len())?;
+        Ok(dot(x, y) as f32)
+    }
+
+    fn weighted_dot(&self, x: &Vec<f32>, w: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
+        backend::check_same_len(x.len(), y.len())?;
+        backend::check_same_len(x.len(), w.len())?;
+        Ok(weighted_dot(x, w, y) as f32)
+    }
+
+    fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(x.len(), y.len())?;
+        axpy(alpha, x, y);
+        Ok(())
+    }
+
+    fn xpby(&self, x: &Vec<f32>, beta: f32, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(x.len(), y.len())?;
+        xpby(x, beta, y);
+        Ok(())
+    }
+
+    fn add_diagonal(&self, a: &mut CpuMatrix, d: &Vec<f32>) -> Result<()> {
+        backend::check_matvec((a.rows, a.cols), d.len(), d.len())?;
+        let n = a.cols;
+        d.iter().enumerate().for_each(|(i, v)| a.data[i * n + i] += v);
+        Ok(())
+    }
+
+    fn gemv(&self, a: &CpuMatrix, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.cols, x.len())?;
+        backend::check_same_len(a.rows, y.len())?;
+        blas2::gemv(&a.full(), a.cols, x, y);
+        Ok(())
+    }
+
+    fn gemv_t(&self, a: &CpuMatrix, x: &Vec<f32>, scale: f32, accumulate: bool, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.rows, x.len())?;
+        backend::check_same_len(a.cols, y.len())?;
+        blas2::gemv_t(&a.full(), a.cols, x, scale, accumulate, y);
+        Ok(())
+    }
+
+    fn scale_add(&self, w: &Vec<f32>, x: &Vec<f32>, beta: f32, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(w.len(), y.len())?;
+        backend::check_same_len(x.len(), y.len())?;
+        y.iter_mut()
+            .zip(w)
+            .zip(x)
+            .for_each(|((yi, wi), xi)| *yi = beta * *yi + wi * xi);
+        Ok(())
+    }
+
+    fn divide(&self, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(w.len(), y.len())?;
+        backend::check_same_len(x.len(), y.len())?;
+        y.iter_mut().zip(x).zip(w).for_each(|((yi, xi), wi)| *yi = xi / wi);
+        Ok(())
+    }
+
+    fn column_sq_sums(&self, a: &CpuMatrix, scale: f32, accumulate: bool, y: &mut Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.cols, y.len())?;
+        blas2::column_sq_sums(&a.full(), a.cols, scale, accumulate, y);
+        Ok(())
+    }
+
+    fn scale_columns(&self, a: &mut CpuMatrix, s: &Vec<f32>) -> Result<()> {
+        backend::check_same_len(a.cols, s.len())?;
+        if a.layout == Layout::SymmetricUpper {
+            a.data = a.full().into_owned();
+            a.layout = Layout::General;
+        }
+        blas2::scale_columns(&mut a.data, s);
+        Ok(())
+    }
+
+    fn gram_block(&self, k: &mut CpuMatrix, a: &CpuMatrix, b: &CpuMatrix, row0: usize, col0: usize) -> Result<()> {
+        backend::check_gram((k.rows, k.cols), (a.rows, a.cols), (b.rows, b.cols), row0, col0)?;
+        if k.layout == Layout::SymmetricUpper {
+            k.data = k.full().into_owned();
+            k.layout = Layout::General;
+        }
+        blas2::gram_block(&mut k.data, k.cols, &a.full(), &b.full(), a.cols, row0, col0);
+        Ok(())
     }
 }

@@ -6,9 +6,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul};
-use super::{CpuMatrix, Layout};
-use crate::backend::BatchLoss;
+use super::matmul::{View, matmul};
+use super::{Cpu, CpuMatrix, Layout};
+use crate::backend::{self, BatchLoss, MlpOps};
 use crate::error::Result;
 use crate::model::Mlp;
 use crate::model::fisher::{self, FisherKind, SampleKey};
@@ -249,4 +249,53 @@ pub fn score_rows(
     }
     out.layout = Layout::General;
     Ok(())
+}
+
+impl MlpOps for Cpu {
+    type Batch = CpuBatch;
+
+    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<CpuBatch> {
+        upload(mlp, x, targets)
+    }
+
+    fn batch_size(&self, batch: &CpuBatch) -> usize {
+        batch.len()
+    }
+
+    fn forward(&self, mlp: &Mlp, theta: &Vec<f32>, batch: &mut CpuBatch) -> Result<()> {
+        forward(mlp, theta, batch)
+    }
+
+    fn outputs(&self, mlp: &Mlp, batch: &CpuBatch) -> Result<Vec<f32>> {
+        Ok(batch.outputs(mlp)?.to_vec())
+    }
+
+    fn batch_loss(&self, mlp: &Mlp, batch: &CpuBatch) -> Result<BatchLoss> {
+        batch_loss(mlp, batch)
+    }
+
+    fn gradient(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut CpuBatch,
+        weight_decay: f32,
+        g: &mut Vec<f32>,
+    ) -> Result<()> {
+        gradient(mlp, theta, batch, weight_decay, g)
+    }
+
+    fn score_rows(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut CpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &mut CpuMatrix,
+    ) -> Result<()> {
+        backend::check_score_rows(mlp, batch.len(), kind, &rows, (out.rows, out.cols))?;
+        score_rows(mlp, theta, batch, kind, key, rows, out)
+    }
 }

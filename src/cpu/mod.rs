@@ -1,22 +1,17 @@
 //! The CPU backend: the fast path where there is no GPU (and the twin every GPU kernel is tested
 //! against), plus f64 references in [`reference`].
 
+pub mod blas2;
 pub mod cg;
-pub mod curvature;
 pub mod fisher;
-pub mod gemm;
 pub mod linalg;
+pub mod matmul;
 pub mod mlp;
+pub mod optim;
 pub mod reference;
 
-use std::ops::Range;
-
-use crate::backend::AdamStep;
-use crate::backend::cg::{CgParams, CgReport};
-use crate::backend::{self, Backend, BatchLoss};
+use crate::backend::{self, Buffers};
 use crate::error::{Error, Result};
-use crate::model::Mlp;
-use crate::model::{FisherKind, SampleKey};
 
 /// The most a G chunk takes on the CPU: large enough that chunking costs nothing, small enough
 /// to leave memory for F.
@@ -87,10 +82,9 @@ fn simd_level() -> &'static str {
     "baseline SIMD"
 }
 
-impl Backend for Cpu {
+impl Buffers for Cpu {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
-    type Batch = mlp::CpuBatch;
 
     fn describe(&self) -> String {
         format!("CPU ({} threads, {})", rayon::current_num_threads(), simd_level())
@@ -160,154 +154,16 @@ impl Backend for Cpu {
         v.len()
     }
 
-    fn fisher_accumulate(&self, f: &mut CpuMatrix, g: &CpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
-        backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
-        // accumulating reads F's upper triangle: F is symmetric, as a Fisher is
-        if g.layout == Layout::SymmetricUpper {
-            let full = self.download_matrix(g)?;
-            fisher::syrk(&full, g.rows, g.cols, scale, accumulate, &mut f.data);
-        } else {
-            fisher::syrk(&g.data, g.rows, g.cols, scale, accumulate, &mut f.data);
-        }
-        f.layout = Layout::SymmetricUpper;
-        Ok(())
-    }
-
-    fn matvec(&self, a: &CpuMatrix, damping: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_matvec((a.rows, a.cols), x.len(), y.len())?;
-        a.matvec(damping, x, y);
-        Ok(())
-    }
-
-    fn dot(&self, x: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
-        backend::check_same_len(x.len(), y.len())?;
-        Ok(linalg::dot(x, y) as f32)
-    }
-
-    fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(x.len(), y.len())?;
-        linalg::axpy(alpha, x, y);
-        Ok(())
-    }
-
-    fn xpby(&self, x: &Vec<f32>, beta: f32, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(x.len(), y.len())?;
-        linalg::xpby(x, beta, y);
-        Ok(())
-    }
-
-    fn cg_solve(
-        &self,
-        a: &CpuMatrix,
-        damping: f32,
-        g: &Vec<f32>,
-        d: &mut Vec<f32>,
-        params: &CgParams,
-    ) -> Result<CgReport> {
-        params.validate(damping)?;
-        backend::check_matvec((a.rows, a.cols), g.len(), d.len())?;
-        Ok(cg::solve(a, damping, g, d, params))
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn weighted_dot(&self, x: &Vec<f32>, w: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
-        backend::check_same_len(x.len(), y.len())?;
-        backend::check_same_len(x.len(), w.len())?;
-        Ok(linalg::weighted_dot(x, w, y) as f32)
-    }
-
     fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
         backend::check_same_len(src.len(), dst.len())?;
         dst.copy_from_slice(src);
         Ok(())
     }
 
-    fn sgd_step(
-        &self,
-        theta: &mut Vec<f32>,
-        g: &Vec<f32>,
-        velocity: &mut Vec<f32>,
-        lr: f32,
-        momentum: f32,
-    ) -> Result<()> {
-        backend::check_same_len(theta.len(), g.len())?;
-        backend::check_same_len(theta.len(), velocity.len())?;
-        linalg::sgd_step(theta, g, velocity, lr, momentum);
-        Ok(())
-    }
-
-    fn adam_step(
-        &self,
-        theta: &mut Vec<f32>,
-        g: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        step: AdamStep,
-    ) -> Result<()> {
-        for len in [g.len(), m.len(), v.len()] {
-            backend::check_same_len(theta.len(), len)?;
-        }
-        linalg::adam_step(theta, g, m, v, step);
-        Ok(())
-    }
-
-    fn gemv(&self, a: &CpuMatrix, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(a.cols, x.len())?;
-        backend::check_same_len(a.rows, y.len())?;
-        curvature::gemv(&a.full(), a.cols, x, y);
-        Ok(())
-    }
-
-    fn gemv_t(&self, a: &CpuMatrix, x: &Vec<f32>, scale: f32, accumulate: bool, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(a.rows, x.len())?;
-        backend::check_same_len(a.cols, y.len())?;
-        curvature::gemv_t(&a.full(), a.cols, x, scale, accumulate, y);
-        Ok(())
-    }
-
-    fn scale_add(&self, w: &Vec<f32>, x: &Vec<f32>, beta: f32, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(w.len(), y.len())?;
-        backend::check_same_len(x.len(), y.len())?;
-        y.iter_mut()
-            .zip(w)
-            .zip(x)
-            .for_each(|((yi, wi), xi)| *yi = beta * *yi + wi * xi);
-        Ok(())
-    }
-
-    fn divide(&self, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(w.len(), y.len())?;
-        backend::check_same_len(x.len(), y.len())?;
-        y.iter_mut().zip(x).zip(w).for_each(|((yi, xi), wi)| *yi = xi / wi);
-        Ok(())
-    }
-
-    fn column_sq_sums(&self, a: &CpuMatrix, scale: f32, accumulate: bool, y: &mut Vec<f32>) -> Result<()> {
-        backend::check_same_len(a.cols, y.len())?;
-        curvature::column_sq_sums(&a.full(), a.cols, scale, accumulate, y);
-        Ok(())
-    }
-
-    fn scale_columns(&self, a: &mut CpuMatrix, s: &Vec<f32>) -> Result<()> {
-        backend::check_same_len(a.cols, s.len())?;
-        if a.layout == Layout::SymmetricUpper {
-            a.data = a.full().into_owned();
-            a.layout = Layout::General;
-        }
-        curvature::scale_columns(&mut a.data, s);
-        Ok(())
-    }
-
-    fn gram_block(&self, k: &mut CpuMatrix, a: &CpuMatrix, b: &CpuMatrix, row0: usize, col0: usize) -> Result<()> {
-        backend::check_gram((k.rows, k.cols), (a.rows, a.cols), (b.rows, b.cols), row0, col0)?;
-        if k.layout == Layout::SymmetricUpper {
-            k.data = k.full().into_owned();
-            k.layout = Layout::General;
-        }
-        curvature::gram_block(&mut k.data, k.cols, &a.full(), &b.full(), a.cols, row0, col0);
+    fn copy_range(&self, src: &Vec<f32>, src0: usize, dst: &mut Vec<f32>, dst0: usize, len: usize) -> Result<()> {
+        backend::check_range("source range", src0, len, src.len())?;
+        backend::check_range("target range", dst0, len, dst.len())?;
+        dst[dst0..dst0 + len].copy_from_slice(&src[src0..src0 + len]);
         Ok(())
     }
 
@@ -322,22 +178,8 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn copy_range(&self, src: &Vec<f32>, src0: usize, dst: &mut Vec<f32>, dst0: usize, len: usize) -> Result<()> {
-        backend::check_range("source range", src0, len, src.len())?;
-        backend::check_range("target range", dst0, len, dst.len())?;
-        dst[dst0..dst0 + len].copy_from_slice(&src[src0..src0 + len]);
+    fn synchronize(&self) -> Result<()> {
         Ok(())
-    }
-
-    fn add_diagonal(&self, a: &mut CpuMatrix, d: &Vec<f32>) -> Result<()> {
-        backend::check_matvec((a.rows, a.cols), d.len(), d.len())?;
-        let n = a.cols;
-        d.iter().enumerate().for_each(|(i, v)| a.data[i * n + i] += v);
-        Ok(())
-    }
-
-    fn max_matrix_bytes(&self) -> u64 {
-        MAX_MATRIX_BYTES
     }
 
     fn memory_available(&self) -> Option<u64> {
@@ -348,48 +190,7 @@ impl Backend for Cpu {
         Some(kib * 1024)
     }
 
-    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<mlp::CpuBatch> {
-        mlp::upload(mlp, x, targets)
-    }
-
-    fn batch_size(&self, batch: &mlp::CpuBatch) -> usize {
-        batch.len()
-    }
-
-    fn forward(&self, mlp: &Mlp, theta: &Vec<f32>, batch: &mut mlp::CpuBatch) -> Result<()> {
-        mlp::forward(mlp, theta, batch)
-    }
-
-    fn outputs(&self, mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<Vec<f32>> {
-        Ok(batch.outputs(mlp)?.to_vec())
-    }
-
-    fn batch_loss(&self, mlp: &Mlp, batch: &mlp::CpuBatch) -> Result<BatchLoss> {
-        mlp::batch_loss(mlp, batch)
-    }
-
-    fn gradient(
-        &self,
-        mlp: &Mlp,
-        theta: &Vec<f32>,
-        batch: &mut mlp::CpuBatch,
-        weight_decay: f32,
-        g: &mut Vec<f32>,
-    ) -> Result<()> {
-        mlp::gradient(mlp, theta, batch, weight_decay, g)
-    }
-
-    fn score_rows(
-        &self,
-        mlp: &Mlp,
-        theta: &Vec<f32>,
-        batch: &mut mlp::CpuBatch,
-        kind: FisherKind,
-        key: SampleKey,
-        rows: Range<usize>,
-        out: &mut CpuMatrix,
-    ) -> Result<()> {
-        backend::check_score_rows(mlp, batch.len(), kind, &rows, (out.rows, out.cols))?;
-        mlp::score_rows(mlp, theta, batch, kind, key, rows, out)
+    fn max_matrix_bytes(&self) -> u64 {
+        MAX_MATRIX_BYTES
     }
 }

@@ -4,12 +4,14 @@
 //! decides when to stop and sets later iterations' dispatch sizes to zero, so a solve of up to
 //! that many iterations is one submission and one read-back of its report.
 
+use super::Gpu;
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
 use super::kernel;
 use super::linalg::{self, LinalgKernels};
 use super::shader::Variant;
 use crate::backend::cg::{CgOutcome, CgParams, CgReport};
+use crate::backend::{self, CgOps};
 use crate::error::{Error, Result};
 
 /// Iterations recorded per submission. Past it, the solve reads its 32-byte state back to decide
@@ -256,5 +258,20 @@ impl CgKernels {
             rel_residual: state.rel_residual,
             outcome,
         })
+    }
+}
+
+impl CgOps for Gpu {
+    fn cg_solve(
+        &self,
+        a: &GpuMatrix,
+        damping: f32,
+        g: &GpuVector,
+        d: &mut GpuVector,
+        params: &CgParams,
+    ) -> Result<CgReport> {
+        params.validate(damping)?;
+        backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
+        self.cg.solve(&self.ctx, a, damping, g, d, params)
     }
 }

@@ -1,9 +1,11 @@
 //! The GPU Fisher build (`shaders/fisher.wgsl`): `F ← (accumulate ? F : 0) + scale · GᵀG`.
 
+use super::Gpu;
 use super::buffer::GpuMatrix;
 use super::context::GpuContext;
 use super::kernel::{self, MAX_GROUPS};
 use super::shader::Variant;
+use crate::backend::{self, FisherOps};
 use crate::error::{Error, Result};
 
 #[repr(C)]
@@ -115,5 +117,12 @@ impl FisherKernel {
             pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);
         }
         Ok(())
+    }
+}
+
+impl FisherOps for Gpu {
+    fn fisher_accumulate(&self, f: &mut GpuMatrix, g: &GpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
+        backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
+        self.submit(|encoder| self.fisher.record(&self.ctx, encoder, g, f, scale, accumulate))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use super::Gpu;
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
 use super::kernel;
@@ -10,6 +11,7 @@ use super::linalg::WG;
 use super::matmul::{MatmulKernel, View};
 use super::shader::Variant;
 use crate::backend::BatchLoss;
+use crate::backend::{self, MlpOps};
 use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::model::{FisherKind, SampleKey};
@@ -461,5 +463,54 @@ impl MlpKernels {
         }
         ctx.queue.submit([encoder.finish()]);
         ctx.check_fault()
+    }
+}
+
+impl MlpOps for Gpu {
+    type Batch = GpuBatch;
+
+    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<GpuBatch> {
+        self.mlp.upload(&self.ctx, mlp, x, targets)
+    }
+
+    fn batch_size(&self, batch: &GpuBatch) -> usize {
+        MlpKernels::batch_size(batch)
+    }
+
+    fn forward(&self, mlp: &Mlp, theta: &GpuVector, batch: &mut GpuBatch) -> Result<()> {
+        self.mlp.forward(&self.ctx, mlp, theta, batch)
+    }
+
+    fn outputs(&self, mlp: &Mlp, batch: &GpuBatch) -> Result<Vec<f32>> {
+        self.mlp.outputs(&self.ctx, mlp, batch)
+    }
+
+    fn batch_loss(&self, mlp: &Mlp, batch: &GpuBatch) -> Result<BatchLoss> {
+        self.mlp.batch_loss(&self.ctx, mlp, batch)
+    }
+
+    fn gradient(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        weight_decay: f32,
+        g: &mut GpuVector,
+    ) -> Result<()> {
+        self.mlp.gradient(&self.ctx, mlp, theta, batch, weight_decay, g)
+    }
+
+    fn score_rows(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        rows: Range<usize>,
+        out: &mut GpuMatrix,
+    ) -> Result<()> {
+        backend::check_score_rows(mlp, self.batch_size(batch), kind, &rows, (out.rows, out.cols))?;
+        self.mlp.score_rows(&self.ctx, mlp, theta, batch, kind, key, rows, out)
     }
 }

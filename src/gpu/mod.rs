@@ -3,10 +3,10 @@
 //! Every operation records its dispatches and submits them at once; nothing waits for the GPU
 //! except read-backs, each bounded by the context's timeout.
 
+pub mod blas2;
 pub mod buffer;
 pub mod cg;
 pub mod context;
-pub mod curvature;
 pub mod fisher;
 pub mod kernel;
 pub mod linalg;
@@ -19,14 +19,9 @@ pub mod timer;
 pub use buffer::{GpuMatrix, GpuVector};
 pub use context::GpuContext;
 
-use std::ops::Range;
-
-use crate::backend::AdamStep;
-use crate::backend::cg::{BREAKDOWN_RATIO, CgParams, CgReport};
-use crate::backend::{self, Backend, BatchLoss};
+use crate::backend::cg::BREAKDOWN_RATIO;
+use crate::backend::{self, Buffers};
 use crate::error::{Error, Result};
-use crate::model::Mlp;
-use crate::model::{FisherKind, SampleKey};
 use shader::Variant;
 
 /// Choices that specialise the kernels; the defaults follow the adapter.
@@ -55,7 +50,7 @@ pub struct Gpu {
     cg: cg::CgKernels,
     mlp: mlp::MlpKernels,
     optim: optim::OptimKernels,
-    curvature: curvature::CurvatureKernels,
+    blas2: blas2::Blas2Kernels,
     subgroups: bool,
 }
 
@@ -81,7 +76,7 @@ impl Gpu {
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
             mlp: mlp::MlpKernels::new(&ctx, &linalg_variant)?,
             optim: optim::OptimKernels::new(&ctx)?,
-            curvature: curvature::CurvatureKernels::new(&ctx, &linalg_variant)?,
+            blas2: blas2::Blas2Kernels::new(&ctx, &linalg_variant)?,
             linalg,
             subgroups,
             ctx,
@@ -110,10 +105,9 @@ impl Gpu {
     }
 }
 
-impl Backend for Gpu {
+impl Buffers for Gpu {
     type Matrix = GpuMatrix;
     type Vector = GpuVector;
-    type Batch = mlp::GpuBatch;
 
     fn describe(&self) -> String {
         context::describe(&self.ctx.info)
@@ -160,42 +154,24 @@ impl Backend for Gpu {
         v.len
     }
 
-    fn fisher_accumulate(&self, f: &mut GpuMatrix, g: &GpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
-        backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
-        self.submit(|encoder| self.fisher.record(&self.ctx, encoder, g, f, scale, accumulate))
+    fn copy(&self, src: &GpuVector, dst: &mut GpuVector) -> Result<()> {
+        backend::check_same_len(src.len, dst.len)?;
+        self.submit(|encoder| {
+            encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, src.buffer.size());
+            Ok(())
+        })
     }
 
-    fn matvec(&self, a: &GpuMatrix, damping: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
-        backend::check_matvec((a.rows, a.cols), x.len, y.len)?;
-        self.submit(|encoder| self.linalg.record_matvec(&self.ctx, encoder, a, damping, x, y))
+    fn copy_range(&self, src: &GpuVector, src0: usize, dst: &mut GpuVector, dst0: usize, len: usize) -> Result<()> {
+        backend::check_range("source range", src0, len, src.len)?;
+        backend::check_range("target range", dst0, len, dst.len)?;
+        self.blas2.copy_range(&self.ctx, src, src0, dst, dst0, len)
     }
 
-    fn dot(&self, x: &GpuVector, y: &GpuVector) -> Result<f32> {
-        backend::check_same_len(x.len, y.len)?;
-        self.linalg.dot(&self.ctx, x, y, None)
-    }
-
-    fn axpy(&self, alpha: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(x.len, y.len)?;
-        self.submit(|encoder| self.linalg.record_update(&self.ctx, encoder, alpha, x, y, false))
-    }
-
-    fn xpby(&self, x: &GpuVector, beta: f32, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(x.len, y.len)?;
-        self.submit(|encoder| self.linalg.record_update(&self.ctx, encoder, beta, x, y, true))
-    }
-
-    fn cg_solve(
-        &self,
-        a: &GpuMatrix,
-        damping: f32,
-        g: &GpuVector,
-        d: &mut GpuVector,
-        params: &CgParams,
-    ) -> Result<CgReport> {
-        params.validate(damping)?;
-        backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
-        self.cg.solve(&self.ctx, a, damping, g, d, params)
+    fn copy_columns(&self, src: &GpuMatrix, col0: usize, dst: &mut GpuMatrix) -> Result<()> {
+        backend::check_same_len(src.rows, dst.rows)?;
+        backend::check_range("columns", col0, dst.cols, src.cols)?;
+        self.blas2.copy_columns(&self.ctx, src, col0, dst)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -207,155 +183,10 @@ impl Backend for Gpu {
         timer::time(&self.ctx, work)
     }
 
-    fn weighted_dot(&self, x: &GpuVector, w: &GpuVector, y: &GpuVector) -> Result<f32> {
-        backend::check_same_len(x.len, y.len)?;
-        backend::check_same_len(x.len, w.len)?;
-        self.linalg.dot(&self.ctx, x, y, Some(w))
-    }
-
-    fn copy(&self, src: &GpuVector, dst: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(src.len, dst.len)?;
-        self.submit(|encoder| {
-            encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, src.buffer.size());
-            Ok(())
-        })
-    }
-
-    fn sgd_step(
-        &self,
-        theta: &mut GpuVector,
-        g: &GpuVector,
-        velocity: &mut GpuVector,
-        lr: f32,
-        momentum: f32,
-    ) -> Result<()> {
-        backend::check_same_len(theta.len, g.len)?;
-        backend::check_same_len(theta.len, velocity.len)?;
-        self.submit(|encoder| {
-            self.optim
-                .record_sgd(&self.ctx, encoder, theta, g, velocity, lr, momentum)
-        })
-    }
-
-    fn adam_step(
-        &self,
-        theta: &mut GpuVector,
-        g: &GpuVector,
-        m: &mut GpuVector,
-        v: &mut GpuVector,
-        step: AdamStep,
-    ) -> Result<()> {
-        for len in [g.len, m.len, v.len] {
-            backend::check_same_len(theta.len, len)?;
-        }
-        self.submit(|encoder| self.optim.record_adam(&self.ctx, encoder, theta, g, m, v, step))
-    }
-
-    fn gemv(&self, a: &GpuMatrix, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(a.cols, x.len)?;
-        backend::check_same_len(a.rows, y.len)?;
-        self.curvature.gemv(&self.ctx, a, x, y)
-    }
-
-    fn gemv_t(&self, a: &GpuMatrix, x: &GpuVector, scale: f32, accumulate: bool, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(a.rows, x.len)?;
-        backend::check_same_len(a.cols, y.len)?;
-        self.curvature.gemv_t(&self.ctx, a, x, scale, accumulate, y)
-    }
-
-    fn scale_add(&self, w: &GpuVector, x: &GpuVector, beta: f32, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(w.len, y.len)?;
-        backend::check_same_len(x.len, y.len)?;
-        self.curvature.scale_add(&self.ctx, w, x, beta, y)
-    }
-
-    fn divide(&self, x: &GpuVector, w: &GpuVector, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(w.len, y.len)?;
-        backend::check_same_len(x.len, y.len)?;
-        self.curvature.divide(&self.ctx, x, w, y)
-    }
-
-    fn column_sq_sums(&self, a: &GpuMatrix, scale: f32, accumulate: bool, y: &mut GpuVector) -> Result<()> {
-        backend::check_same_len(a.cols, y.len)?;
-        self.curvature.column_sq_sums(&self.ctx, a, scale, accumulate, y)
-    }
-
-    fn scale_columns(&self, a: &mut GpuMatrix, s: &GpuVector) -> Result<()> {
-        backend::check_same_len(a.cols, s.len)?;
-        self.curvature.scale_columns(&self.ctx, a, s)
-    }
-
-    fn gram_block(&self, k: &mut GpuMatrix, a: &GpuMatrix, b: &GpuMatrix, row0: usize, col0: usize) -> Result<()> {
-        backend::check_gram((k.rows, k.cols), (a.rows, a.cols), (b.rows, b.cols), row0, col0)?;
-        self.curvature.gram_block(&self.ctx, k, a, b, row0, col0)
-    }
-
-    fn copy_columns(&self, src: &GpuMatrix, col0: usize, dst: &mut GpuMatrix) -> Result<()> {
-        backend::check_same_len(src.rows, dst.rows)?;
-        backend::check_range("columns", col0, dst.cols, src.cols)?;
-        self.curvature.copy_columns(&self.ctx, src, col0, dst)
-    }
-
-    fn copy_range(&self, src: &GpuVector, src0: usize, dst: &mut GpuVector, dst0: usize, len: usize) -> Result<()> {
-        backend::check_range("source range", src0, len, src.len)?;
-        backend::check_range("target range", dst0, len, dst.len)?;
-        self.curvature.copy_range(&self.ctx, src, src0, dst, dst0, len)
-    }
-
-    fn add_diagonal(&self, a: &mut GpuMatrix, d: &GpuVector) -> Result<()> {
-        backend::check_matvec((a.rows, a.cols), d.len, d.len)?;
-        self.submit(|encoder| self.linalg.record_add_diagonal(&self.ctx, encoder, a, d))
-    }
-
     fn max_matrix_bytes(&self) -> u64 {
         self.ctx
             .limits
             .max_storage_buffer_binding_size
             .min(self.ctx.limits.max_buffer_size)
-    }
-
-    fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<mlp::GpuBatch> {
-        self.mlp.upload(&self.ctx, mlp, x, targets)
-    }
-
-    fn batch_size(&self, batch: &mlp::GpuBatch) -> usize {
-        mlp::MlpKernels::batch_size(batch)
-    }
-
-    fn forward(&self, mlp: &Mlp, theta: &GpuVector, batch: &mut mlp::GpuBatch) -> Result<()> {
-        self.mlp.forward(&self.ctx, mlp, theta, batch)
-    }
-
-    fn outputs(&self, mlp: &Mlp, batch: &mlp::GpuBatch) -> Result<Vec<f32>> {
-        self.mlp.outputs(&self.ctx, mlp, batch)
-    }
-
-    fn batch_loss(&self, mlp: &Mlp, batch: &mlp::GpuBatch) -> Result<BatchLoss> {
-        self.mlp.batch_loss(&self.ctx, mlp, batch)
-    }
-
-    fn gradient(
-        &self,
-        mlp: &Mlp,
-        theta: &GpuVector,
-        batch: &mut mlp::GpuBatch,
-        weight_decay: f32,
-        g: &mut GpuVector,
-    ) -> Result<()> {
-        self.mlp.gradient(&self.ctx, mlp, theta, batch, weight_decay, g)
-    }
-
-    fn score_rows(
-        &self,
-        mlp: &Mlp,
-        theta: &GpuVector,
-        batch: &mut mlp::GpuBatch,
-        kind: FisherKind,
-        key: SampleKey,
-        rows: Range<usize>,
-        out: &mut GpuMatrix,
-    ) -> Result<()> {
-        backend::check_score_rows(mlp, self.batch_size(batch), kind, &rows, (out.rows, out.cols))?;
-        self.mlp.score_rows(&self.ctx, mlp, theta, batch, kind, key, rows, out)
     }
 }

@@ -1,11 +1,13 @@
 //! First-order updates on the GPU (`shaders/optim.wgsl`): SGD with momentum, and Adam.
 
+use super::Gpu;
 use super::buffer::GpuVector;
 use super::context::GpuContext;
 use super::kernel;
 use super::linalg::vector_groups;
 use super::shader::Variant;
 use crate::backend::AdamStep;
+use crate::backend::{self, OptimOps};
 use crate::error::Result;
 
 #[repr(C)]
@@ -111,5 +113,37 @@ impl OptimKernels {
         };
         let buffers = [(1, &theta.buffer), (2, &g.buffer), (3, &m.buffer), (4, &v.buffer)];
         self.record(ctx, encoder, &self.adam, params, &buffers)
+    }
+}
+
+impl OptimOps for Gpu {
+    fn sgd_step(
+        &self,
+        theta: &mut GpuVector,
+        g: &GpuVector,
+        velocity: &mut GpuVector,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()> {
+        backend::check_same_len(theta.len, g.len)?;
+        backend::check_same_len(theta.len, velocity.len)?;
+        self.submit(|encoder| {
+            self.optim
+                .record_sgd(&self.ctx, encoder, theta, g, velocity, lr, momentum)
+        })
+    }
+
+    fn adam_step(
+        &self,
+        theta: &mut GpuVector,
+        g: &GpuVector,
+        m: &mut GpuVector,
+        v: &mut GpuVector,
+        step: AdamStep,
+    ) -> Result<()> {
+        for len in [g.len, m.len, v.len] {
+            backend::check_same_len(theta.len, len)?;
+        }
+        self.submit(|encoder| self.optim.record_adam(&self.ctx, encoder, theta, g, m, v, step))
     }
 }

@@ -1,4 +1,4 @@
-// Kernels of the curvature representations beyond the dense Fisher: products with a score matrix G
+// Matrix-vector (BLAS-2) kernels over general matrices such as the score rows G: products with G
 // and its transpose, elementwise scaling and division, column sums of squares, column scaling,
 // and copies of column blocks and vector ranges. Plain f32 arrays; matrices carry their row
 // stride `ld`.

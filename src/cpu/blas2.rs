@@ -1,4 +1,4 @@
-//! The CPU twins of `shaders/curvature.wgsl`: products with G and Gᵀ, elementwise scaling and
+//! The CPU twins of `shaders/blas2.wgsl`: products with G and Gᵀ, elementwise scaling and
 //! division, column sums of squares, column scaling, and the Gram block A·Bᵀ.
 
 use rayon::prelude::*;
@@ -49,10 +49,10 @@ pub fn scale_columns(a: &mut [f32], s: &[f32]) {
 /// `K[row0.., col0..] = A·Bᵀ` for A `ra × c`, B `rb × c` row-major and K with row stride `ldk`.
 pub fn gram_block(k: &mut [f32], ldk: usize, a: &[f32], b: &[f32], c: usize, row0: usize, col0: usize) {
     let (ra, rb) = (a.len() / c, b.len() / c);
-    super::gemm::matmul(
+    super::matmul::matmul(
         (ra, rb, c),
-        super::gemm::View::rows(a, 0, c),
-        super::gemm::View::transposed(b, 0, c),
+        super::matmul::View::rows(a, 0, c),
+        super::matmul::View::transposed(b, 0, c),
         k,
         row0 * ldk + col0,
         ldk,

@@ -1,5 +1,5 @@
-//! The GPU kernels of the curvature representations (`shaders/curvature.wgsl`), and the Gram
-//! block K = A·Bᵀ on the matmul kernel.
+//! Matrix-vector products with general (score) matrices and the element and column kernels around
+//! them (`shaders/blas2.wgsl`), and the Gram block K = A·Bᵀ on the matmul kernel.
 
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
@@ -22,7 +22,7 @@ pub(crate) struct Params {
     pub accumulate: u32,
 }
 
-pub struct CurvatureKernels {
+pub struct Blas2Kernels {
     gemv: wgpu::ComputePipeline,
     gemv_t: wgpu::ComputePipeline,
     column_sq_sums: wgpu::ComputePipeline,
@@ -50,9 +50,9 @@ fn per_cell(rows: usize, cols: usize) -> Result<(u32, u32)> {
     Ok((x as u32, rows as u32))
 }
 
-impl CurvatureKernels {
+impl Blas2Kernels {
     pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
-        let module = kernel::compile(ctx, "curvature", variant)?;
+        let module = kernel::compile(ctx, "blas2", variant)?;
         let p = |entry| kernel::pipeline(ctx, &module, entry, None);
         Ok(Self {
             gemv: p("gemv")?,
@@ -78,7 +78,7 @@ impl CurvatureKernels {
         let uniform = ctx.uniform("curvature params", &params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "curvature", &entries);
+        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "blas2", &entries);
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
