@@ -5,8 +5,6 @@
 
 #import reduce
 
-const WG: u32 = 256u;
-
 struct Params {
     rows: u32,
     cols: u32,

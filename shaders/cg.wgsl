@@ -11,19 +11,10 @@
 
 #import reduce
 
-const WG: u32 = 256u;
-
-const RUNNING: u32 = 0u;
-const CONVERGED: u32 = 1u;
-const MAX_ITERATIONS: u32 = 2u;
-const BREAKDOWN: u32 = 3u;
-
-// A search direction whose Rayleigh quotient sᵀAs/sᵀs falls below this fraction of the largest
-// seen so far has met a (numerically) singular direction of A: in f32 the quotient is then
-// rounding noise, and a step along it would blow d up. Rounding in a length-n matvec is about
-// √n·2⁻²⁴ of the largest quotient, so this sits above that noise for n up to ~10⁴ while a system
-// with λ/λmax = 10⁻⁴ (condition 10⁴) is still far from it.
-const BREAKDOWN_RATIO: f32 = 1e-5;
+// RUNNING, CONVERGED, MAX_ITERATIONS and BREAKDOWN come from the prelude (src/gpu/sizes.rs), as
+// does BREAKDOWN_RATIO: a search direction whose Rayleigh quotient sᵀAs/sᵀs falls below this
+// fraction of the largest seen so far has met a (numerically) singular direction of A (see
+// backend::cg::BREAKDOWN_RATIO).
 
 struct Params {
     n4: u32,
@@ -46,7 +37,7 @@ struct State {
     status: u32,
     // 1 when the warm start was worse than d = 0 and the solve restarts from zero
     restart: u32,
-    pad1: u32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

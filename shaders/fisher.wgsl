@@ -9,10 +9,10 @@
 
 // Register blocking: 1 → 64×64 tiles (software and small GPUs), 2 → 128×128 tiles.
 const NB: u32 = 1u;
-const TILE: u32 = 64u * NB;
+const TILE: u32 = FISHER_TILE * NB;
 const TILE4: u32 = TILE / 4u;
 // Rows of G per stage: a stage is one vec4 per invocation for each of the two operands.
-const KSTEP: u32 = 16u / NB;
+const KSTEP: u32 = FISHER_KSTEP / NB;
 
 struct Params {
     // rows of G in this dispatch, starting at row0 (long G is split across dispatches)
@@ -23,6 +23,7 @@ struct Params {
     scale: f32,
     accumulate: u32,
     row0: u32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -5,8 +5,6 @@
 
 #import reduce
 
-const WG: u32 = 256u;
-
 struct Params {
     // vec4s per vector (and rows / 4 of the matrix)
     n4: u32,

@@ -11,8 +11,8 @@
 // KSTEP-deep slabs of A and B through workgroup memory, loaded along whichever axis is
 // contiguous in memory so neighbouring invocations read neighbouring addresses.
 
-const TILE: u32 = 64u;
-const KSTEP: u32 = 16u;
+const TILE: u32 = MATMUL_TILE;
+const KSTEP: u32 = MATMUL_KSTEP;
 
 struct Params {
     m: u32,

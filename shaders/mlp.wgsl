@@ -8,21 +8,8 @@
 #import reduce
 #import rng
 
-const WG: u32 = 256u;
-
-// activations (model::Activation::code)
-const TANH: u32 = 0u;
-const RELU: u32 = 1u;
-const SIGMOID: u32 = 2u;
-const GELU: u32 = 3u;
-// likelihoods (model::Likelihood::code)
-const CATEGORICAL: u32 = 0u;
-const BERNOULLI: u32 = 1u;
-const GAUSSIAN: u32 = 2u;
-// Fisher kinds (fisher::FisherKind::code)
-const EMPIRICAL: u32 = 0u;
-const SAMPLED: u32 = 1u;
-const EXACT: u32 = 2u;
+// Activation, likelihood and Fisher-kind codes (TANH…, CATEGORICAL…, EMPIRICAL…) come from the
+// prelude (src/gpu/sizes.rs).
 
 const GELU_C: f32 = 0.7978845608028654;
 const GELU_A: f32 = 0.044715;

@@ -1,7 +1,5 @@
 // First-order parameter updates, one vec4 per invocation: SGD with momentum, and Adam.
 
-const WG: u32 = 256u;
-
 struct Params {
     n4: u32,
     lr: f32,

@@ -7,9 +7,6 @@ fn variants(kernel: &str) -> Vec<Variant> {
     let reductions = [false, true].map(|on| Variant::default().define("SUBGROUPS", on));
     match kernel {
         "fisher" => [1, 2].map(|nb| Variant::default().with_u32("NB", nb)).to_vec(),
-        "cg" => reductions
-            .map(|v| v.with_f32("BREAKDOWN_RATIO", natgrad::solve::BREAKDOWN_RATIO))
-            .to_vec(),
         _ => reductions.to_vec(),
     }
 }

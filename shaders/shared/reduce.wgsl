@@ -1,5 +1,5 @@
-// Workgroup-wide sums. The importer defines `const WG: u32`, its workgroup size (a power of two,
-// at most 256), and declares its entry points with `ids: Ids`.
+// Workgroup-wide sums over WG invocations (the prelude's workgroup size, a power of two, at most
+// 256). The importer declares its entry points with `ids: Ids`.
 //
 // The tree path uses workgroup memory only. With SUBGROUPS each subgroup adds its lanes in
 // hardware first and the tree shrinks to one value per subgroup. Either way the summation order

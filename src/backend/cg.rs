@@ -31,14 +31,20 @@ pub enum CgOutcome {
 }
 
 impl CgOutcome {
+    const ALL: [CgOutcome; 3] = [Self::Converged, Self::MaxIterations, Self::Breakdown];
+
     /// The code the GPU kernels use for it (0 is "running").
-    pub(crate) fn from_code(code: u32) -> Option<Self> {
-        match code {
-            1 => Some(Self::Converged),
-            2 => Some(Self::MaxIterations),
-            3 => Some(Self::Breakdown),
-            _ => None,
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Converged => 1,
+            Self::MaxIterations => 2,
+            Self::Breakdown => 3,
         }
+    }
+
+    /// The outcome of a final state's code.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.code() == code)
     }
 }
 

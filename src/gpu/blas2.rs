@@ -4,22 +4,23 @@
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
 use super::kernel::{self, MAX_GROUPS};
+use super::layout::shader_struct;
 use super::linalg::WG;
 use super::matmul::{MatmulKernel, View};
 use super::shader::Variant;
 use crate::error::{Error, Result};
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
-    pub rows: u32,
-    pub cols: u32,
-    pub ld: u32,
-    pub ld_out: u32,
-    pub src0: u32,
-    pub dst0: u32,
-    pub scale: f32,
-    pub accumulate: u32,
+shader_struct! {
+    pub(crate) struct Params in "blas2" {
+        pub rows: u32,
+        pub cols: u32,
+        pub ld: u32,
+        pub ld_out: u32,
+        pub src0: u32,
+        pub dst0: u32,
+        pub scale: f32,
+        pub accumulate: u32,
+    }
 }
 
 pub struct Blas2Kernels {

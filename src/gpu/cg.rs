@@ -8,8 +8,10 @@ use super::Gpu;
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
 use super::kernel;
+use super::layout::shader_struct;
 use super::linalg::{self, LinalgKernels};
 use super::shader::Variant;
+use super::sizes::CG_RUNNING;
 use crate::backend::cg::{CgOutcome, CgParams, CgReport};
 use crate::backend::{self, CgOps};
 use crate::error::{Error, Result};
@@ -19,29 +21,27 @@ use crate::error::{Error, Result};
 /// recorded work left idle after convergence.
 pub const ITERATIONS_PER_SUBMISSION: usize = 256;
 
-const RUNNING: u32 = 0;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n4: u32,
-    tol2: f32,
-    max_iters: u32,
-    vec_groups: u32,
+shader_struct! {
+    pub(crate) struct Params in "cg" {
+        n4: u32,
+        tol2: f32,
+        max_iters: u32,
+        vec_groups: u32,
+    }
 }
 
-/// The solver state as the shader lays it out.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct State {
-    rr: f32,
-    gg: f32,
-    mu: f32,
-    rel_residual: f32,
-    iters: u32,
-    status: u32,
-    restart: u32,
-    pad: u32,
+shader_struct! {
+    /// The solver state as the shader lays it out.
+    pub(crate) struct State in "cg" {
+        rr: f32,
+        gg: f32,
+        mu: f32,
+        rel_residual: f32,
+        iters: u32,
+        status: u32,
+        restart: u32,
+        pad: u32,
+    }
 }
 
 const STATE_BYTES: u64 = size_of::<State>() as u64;
@@ -233,7 +233,7 @@ impl CgKernels {
             let index = ctx.queue.submit([encoder.finish()]);
             let state = ctx.map_staging::<State>(&staging, index)?[0];
             encoder = ctx.device.create_command_encoder(&Default::default());
-            if state.status != RUNNING {
+            if state.status != CG_RUNNING {
                 break;
             }
         }

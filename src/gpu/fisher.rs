@@ -4,21 +4,23 @@ use super::Gpu;
 use super::buffer::GpuMatrix;
 use super::context::GpuContext;
 use super::kernel::{self, MAX_GROUPS};
+use super::layout::shader_struct;
 use super::shader::Variant;
+use super::sizes::{FISHER_KSTEP, FISHER_TILE};
 use crate::backend::{self, FisherOps};
 use crate::error::{Error, Result};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    p: u32,
-    ldg4: u32,
-    ldf4: u32,
-    scale: f32,
-    accumulate: u32,
-    row0: u32,
-    pad: u32,
+shader_struct! {
+    pub(crate) struct Params in "fisher" {
+        m: u32,
+        p: u32,
+        ldg4: u32,
+        ldf4: u32,
+        scale: f32,
+        accumulate: u32,
+        row0: u32,
+        pad: u32,
+    }
 }
 
 /// Rows of G one dispatch reduces over. Some drivers end a workgroup's loop after a few thousand
@@ -43,8 +45,9 @@ pub fn default_blocking(info: &wgpu::AdapterInfo) -> u32 {
     }
 }
 
-/// Workgroup memory the kernel stages G through, in bytes (two operands, 1024 floats each).
-const STAGE_BYTES: u32 = 2 * 1024 * 4;
+/// Workgroup memory the kernel stages G through, in bytes: two operands of KSTEP rows × TILE
+/// floats (the blocking cancels out).
+const STAGE_BYTES: u32 = 2 * FISHER_KSTEP * FISHER_TILE * 4;
 
 impl FisherKernel {
     pub fn new(ctx: &GpuContext, nb: u32) -> Result<Self> {
@@ -71,7 +74,7 @@ impl FisherKernel {
 
     /// Edge of the F tile one workgroup computes.
     pub fn tile(&self) -> u32 {
-        64 * self.nb
+        FISHER_TILE * self.nb
     }
 
     /// Records `F ← (accumulate ? F : 0) + scale · GᵀG` (shapes already checked).

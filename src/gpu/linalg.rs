@@ -4,20 +4,20 @@ use super::Gpu;
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
 use super::kernel::{self, MAX_GROUPS};
+use super::layout::shader_struct;
 use super::shader::Variant;
 use crate::backend::{self, BlasOps};
 use crate::error::{Error, Result};
 
-/// Invocations per workgroup, as in the shader.
-pub const WG: u32 = 256;
+pub use super::sizes::WG;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
-    pub n4: u32,
-    pub ld4: u32,
-    pub alpha: f32,
-    pub count: u32,
+shader_struct! {
+    pub(crate) struct Params in "linalg" {
+        pub n4: u32,
+        pub ld4: u32,
+        pub alpha: f32,
+        pub count: u32,
+    }
 }
 
 pub struct LinalgKernels {

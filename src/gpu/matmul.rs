@@ -2,6 +2,7 @@
 
 use super::context::GpuContext;
 use super::kernel::{self, MAX_GROUPS};
+use super::layout::shader_struct;
 use super::shader::Variant;
 use crate::error::{Error, Result};
 
@@ -36,28 +37,28 @@ impl<'a> View<'a> {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_off: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_off: u32,
-    b_rs: u32,
-    b_cs: u32,
-    c_off: u32,
-    c_rs: u32,
-    alpha: f32,
-    beta: f32,
-    k_per_group: u32,
-    c_split: u32,
-    splits: u32,
+shader_struct! {
+    pub(crate) struct Params in "matmul" {
+        m: u32,
+        n: u32,
+        k: u32,
+        a_off: u32,
+        a_rs: u32,
+        a_cs: u32,
+        b_off: u32,
+        b_rs: u32,
+        b_cs: u32,
+        c_off: u32,
+        c_rs: u32,
+        alpha: f32,
+        beta: f32,
+        k_per_group: u32,
+        c_split: u32,
+        splits: u32,
+    }
 }
 
-const TILE: usize = 64;
+const TILE: usize = super::sizes::MATMUL_TILE as usize;
 
 /// The inner dimension one dispatch reduces over: longer products are split into dispatches that
 /// accumulate (some drivers end a workgroup's loop after a few thousand barriers; Mesa 22's

@@ -7,6 +7,7 @@ use super::Gpu;
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
 use super::kernel;
+use super::layout::shader_struct;
 use super::linalg::WG;
 use super::matmul::{MatmulKernel, View};
 use super::shader::Variant;
@@ -16,25 +17,25 @@ use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::model::{FisherKind, SampleKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    width: u32,
-    per_example: u32,
-    row0: u32,
-    activation: u32,
-    likelihood: u32,
-    kind: u32,
-    draws: u32,
-    sigma: f32,
-    key0: u32,
-    key1: u32,
-    fan_in: u32,
-    offset: u32,
-    ld: u32,
-    apply: u32,
-    pad: u32,
+shader_struct! {
+    pub(crate) struct Params in "mlp" {
+        rows: u32,
+        width: u32,
+        per_example: u32,
+        row0: u32,
+        activation: u32,
+        likelihood: u32,
+        kind: u32,
+        draws: u32,
+        sigma: f32,
+        key0: u32,
+        key1: u32,
+        fan_in: u32,
+        offset: u32,
+        ld: u32,
+        apply: u32,
+        pad: u32,
+    }
 }
 
 /// A batch on the GPU: inputs, targets, and per layer the pre-activations z and (hidden layers)

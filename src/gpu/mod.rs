@@ -9,17 +9,18 @@ pub mod cg;
 pub mod context;
 pub mod fisher;
 pub mod kernel;
+pub mod layout;
 pub mod linalg;
 pub mod matmul;
 pub mod mlp;
 pub mod optim;
 pub mod shader;
+pub mod sizes;
 pub mod timer;
 
 pub use buffer::{GpuMatrix, GpuVector};
 pub use context::GpuContext;
 
-use crate::backend::cg::BREAKDOWN_RATIO;
 use crate::backend::{self, Buffers};
 use crate::error::{Error, Result};
 use shader::Variant;
@@ -63,9 +64,7 @@ impl Gpu {
     /// Compiles the kernels for `ctx`.
     pub fn with_context(ctx: GpuContext, options: GpuOptions) -> Result<Self> {
         let subgroups = options.subgroups && ctx.has_subgroups();
-        let variant = Variant::default()
-            .define("SUBGROUPS", subgroups)
-            .with_f32("BREAKDOWN_RATIO", BREAKDOWN_RATIO);
+        let variant = Variant::default().define("SUBGROUPS", subgroups);
         let linalg_variant = Variant::default().define("SUBGROUPS", subgroups);
         let nb = options
             .fisher_blocking

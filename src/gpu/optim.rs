@@ -4,23 +4,24 @@ use super::Gpu;
 use super::buffer::GpuVector;
 use super::context::GpuContext;
 use super::kernel;
+use super::layout::shader_struct;
 use super::linalg::vector_groups;
 use super::shader::Variant;
 use crate::backend::AdamStep;
 use crate::backend::{self, OptimOps};
 use crate::error::Result;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n4: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    bias1: f32,
-    bias2: f32,
-    pad: u32,
+shader_struct! {
+    pub(crate) struct Params in "optim" {
+        n4: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        bias1: f32,
+        bias2: f32,
+        pad: u32,
+    }
 }
 
 pub struct OptimKernels {

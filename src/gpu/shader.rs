@@ -65,7 +65,7 @@ pub fn raw_source(name: &str) -> Option<&'static str> {
 /// The WGSL of kernel `name` specialised to `variant`; errors name the kernel and the line.
 pub fn source(name: &str, variant: &Variant) -> Result<String, String> {
     let raw = raw_source(name).ok_or_else(|| format!("no kernel named {name:?}"))?;
-    let mut out = String::with_capacity(raw.len() * 2);
+    let mut out = super::sizes::prelude();
     let mut imported = BTreeSet::new();
     let mut applied = BTreeSet::new();
     expand(name, raw, variant, &mut imported, &mut applied, &mut out)?;
