@@ -141,11 +141,11 @@ impl<B: Backend> BlasOps for Profiled<'_, B> {
         self.timed(UPDATE, || self.inner.matvec(a, damping, x, y))
     }
 
-    fn dot(&self, x: &B::Vector, y: &B::Vector) -> Result<f32> {
+    fn dot(&self, x: &B::Vector, y: &B::Vector) -> Result<f64> {
         self.timed(UPDATE, || self.inner.dot(x, y))
     }
 
-    fn weighted_dot(&self, x: &B::Vector, w: &B::Vector, y: &B::Vector) -> Result<f32> {
+    fn weighted_dot(&self, x: &B::Vector, w: &B::Vector, y: &B::Vector) -> Result<f64> {
         self.timed(FORWARD, || self.inner.weighted_dot(x, w, y))
     }
 

@@ -112,7 +112,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
         if self.config.weight_decay == 0.0 {
             return Ok(0.0);
         }
-        let w2 = self.b.weighted_dot(&self.theta, &self.weight_mask, &self.theta)? as f64;
+        let w2 = self.b.weighted_dot(&self.theta, &self.weight_mask, &self.theta)?;
         Ok(0.5 * self.config.weight_decay as f64 * w2)
     }
 
@@ -140,7 +140,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             self.config.weight_decay,
             &mut self.g,
         )?;
-        let grad_norm = (b.dot(&self.g, &self.g)? as f64).sqrt();
+        let grad_norm = (b.dot(&self.g, &self.g)?).sqrt();
         if !grad_norm.is_finite() {
             return Err(Error::Diverged {
                 what: "gradient norm",

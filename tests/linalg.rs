@@ -27,7 +27,7 @@ fn check_ops<B: Backend>(b: &B, n: usize, seed: u64) {
     assert!(err < 1e-5, "{name}: matvec n={n}: {err:.2e}");
 
     let dy = b.upload_vector("y", &y).unwrap();
-    let dot = b.dot(&dx, &dy).unwrap() as f64;
+    let dot = b.dot(&dx, &dy).unwrap();
     let exact: f64 = x64.iter().zip(&y64).map(|(a, b)| a * b).sum();
     let scale: f64 = x64.iter().zip(&y64).map(|(a, b)| (a * b).abs()).sum();
     assert!(
@@ -90,9 +90,9 @@ fn check_trainer_ops<B: Backend>(b: &B, n: usize, seed: u64) {
     let dw = b.upload_vector("w", &w).unwrap();
     let scale: f64 = x.iter().map(|v| (v * v) as f64).sum();
     // one vector on both sides: no binding conflict
-    let xx = b.dot(&dx, &dx).unwrap() as f64;
+    let xx = b.dot(&dx, &dx).unwrap();
     assert!((xx - scale).abs() <= 1e-5 * scale, "{name}: x·x n={n}");
-    let xwx = b.weighted_dot(&dx, &dw, &dx).unwrap() as f64;
+    let xwx = b.weighted_dot(&dx, &dw, &dx).unwrap();
     let exact: f64 = x.iter().zip(&w).map(|(a, b)| (a * a * b) as f64).sum();
     assert!(
         (xwx - exact).abs() <= 1e-5 * scale,

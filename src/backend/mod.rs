@@ -118,10 +118,10 @@ pub trait Buffers {
 pub trait BlasOps: Buffers {
     /// `y = (A + λI) x` for a square (symmetric) `A`.
     fn matvec(&self, a: &Self::Matrix, damping: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
-    /// `xᵀy`, on the host.
-    fn dot(&self, x: &Self::Vector, y: &Self::Vector) -> Result<f32>;
+    /// `xᵀy`, on the host (f64: the CPU sums in f64; a GPU's f32 sum is widened).
+    fn dot(&self, x: &Self::Vector, y: &Self::Vector) -> Result<f64>;
     /// `Σ xᵢ wᵢ yᵢ`, on the host.
-    fn weighted_dot(&self, x: &Self::Vector, w: &Self::Vector, y: &Self::Vector) -> Result<f32>;
+    fn weighted_dot(&self, x: &Self::Vector, w: &Self::Vector, y: &Self::Vector) -> Result<f64>;
     /// `y ← y + α x`.
     fn axpy(&self, alpha: f32, x: &Self::Vector, y: &mut Self::Vector) -> Result<()>;
     /// `y ← x + β y`.

@@ -195,15 +195,15 @@ impl BlasOps for Cpu {
         Ok(())
     }
 
-    fn dot(&self, x: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
+    fn dot(&self, x: &Vec<f32>, y: &Vec<f32>) -> Result<f64> {
         backend::check_same_len(x.len(), y.len())?;
-        Ok(dot(x, y) as f32)
+        Ok(dot(x, y))
     }
 
-    fn weighted_dot(&self, x: &Vec<f32>, w: &Vec<f32>, y: &Vec<f32>) -> Result<f32> {
+    fn weighted_dot(&self, x: &Vec<f32>, w: &Vec<f32>, y: &Vec<f32>) -> Result<f64> {
         backend::check_same_len(x.len(), y.len())?;
         backend::check_same_len(x.len(), w.len())?;
-        Ok(weighted_dot(x, w, y) as f32)
+        Ok(weighted_dot(x, w, y))
     }
 
     fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {

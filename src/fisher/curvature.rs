@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fisher::{self, FisherKind, SampleKey};
 use crate::model::Mlp;
-use crate::solve::{CgOutcome, CgParams, CgReport, operator};
+use crate::solve::{self, CgOutcome, CgParams, CgReport, Operator};
 
 /// A curvature representation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,7 +383,7 @@ impl<B: Backend> Curvature<B> {
                 let State::Blocks { fs, ranges } = &self.state else {
                     unreachable!("block state")
                 };
-                let gg = b.dot(g, g)? as f64;
+                let gg = b.dot(g, g)?;
                 let (mut iterations, mut residual2, mut outcome) = (0, 0.0f64, CgOutcome::Converged);
                 for (f, &(first, len)) in fs.iter().zip(ranges.iter()) {
                     let mut gl = b.zeros_vector("block gradient", len)?;
@@ -393,7 +393,7 @@ impl<B: Backend> Curvature<B> {
                     let report = b.cg_solve(f, damping, &gl, &mut dl, cg)?;
                     b.copy_range(&dl, 0, d, first, len)?;
                     iterations += report.iterations;
-                    residual2 += (report.rel_residual as f64).powi(2) * b.dot(&gl, &gl)? as f64;
+                    residual2 += (report.rel_residual as f64).powi(2) * b.dot(&gl, &gl)?;
                     outcome = worse(outcome, report.outcome);
                 }
                 let rel_residual = if gg > 0.0 { (residual2 / gg).sqrt() as f32 } else { 0.0 };
@@ -419,7 +419,7 @@ impl<B: Backend> Curvature<B> {
             }
             CurvatureKind::Implicit => {
                 let mut op = self.operator(b, damping, weight_decay)?;
-                operator::cg(b, &mut op, g, d, cg)
+                solve::cg(b, &mut op, None, g, d, cg)
             }
             CurvatureKind::Woodbury => self.woodbury(b, damping, weight_decay, g, d, cg, n),
         }
@@ -548,14 +548,14 @@ impl<B: Backend> Curvature<B> {
                     unreachable!("diagonal state")
                 };
                 b.axpy(1.0, diag, &mut ad)?;
-                return Ok(b.weighted_dot(d, &ad, d)? as f64);
+                return Ok(b.weighted_dot(d, &ad, d)?);
             }
             CurvatureKind::Implicit | CurvatureKind::Woodbury => {
                 let mut op = self.operator(b, damping, weight_decay)?;
-                operator::Operator::apply(&mut op, b, d, &mut ad)?;
+                Operator::apply(&mut op, b, d, &mut ad)?;
             }
         }
-        Ok(b.dot(d, &ad)? as f64)
+        Ok(b.dot(d, &ad)?)
     }
 }
 
@@ -576,7 +576,7 @@ struct RowsOperator<'a, B: Backend> {
     diag: &'a B::Vector,
 }
 
-impl<B: Backend> operator::Operator<B> for RowsOperator<'_, B> {
+impl<B: Backend> Operator<B> for RowsOperator<'_, B> {
     fn apply(&mut self, b: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
         for (k, c) in self.chunks.iter().enumerate() {
             let mut gx = b.zeros_vector("G x", b.shape(c).0)?;

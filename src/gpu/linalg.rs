@@ -119,7 +119,7 @@ impl LinalgKernels {
     }
 
     /// xᵀy, or Σ xᵢ wᵢ yᵢ with `weights`, read back (waits for the device).
-    pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector, weights: Option<&GpuVector>) -> Result<f32> {
+    pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector, weights: Option<&GpuVector>) -> Result<f64> {
         let n4 = x.n4();
         let groups = vector_groups(n4)?;
         let partial = ctx.storage_buffer(
@@ -164,7 +164,7 @@ impl LinalgKernels {
         }
         let staging = ctx.copy_to_staging(&mut encoder, &partial, groups as u64 * 4, 4);
         let index = ctx.queue.submit([encoder.finish()]);
-        Ok(ctx.map_staging::<f32>(&staging, index)?[0])
+        Ok(ctx.map_staging::<f32>(&staging, index)?[0] as f64)
     }
 
     /// Records A_ii += d_i (shapes already checked).
@@ -242,12 +242,12 @@ impl BlasOps for Gpu {
         self.submit(|encoder| self.linalg.record_matvec(&self.ctx, encoder, a, damping, x, y))
     }
 
-    fn dot(&self, x: &GpuVector, y: &GpuVector) -> Result<f32> {
+    fn dot(&self, x: &GpuVector, y: &GpuVector) -> Result<f64> {
         backend::check_same_len(x.len, y.len)?;
         self.linalg.dot(&self.ctx, x, y, None)
     }
 
-    fn weighted_dot(&self, x: &GpuVector, w: &GpuVector, y: &GpuVector) -> Result<f32> {
+    fn weighted_dot(&self, x: &GpuVector, w: &GpuVector, y: &GpuVector) -> Result<f64> {
         backend::check_same_len(x.len, y.len)?;
         backend::check_same_len(x.len, w.len)?;
         self.linalg.dot(&self.ctx, x, y, Some(w))

@@ -52,7 +52,7 @@ impl<B: Backend> Ngd<B> {
         b.forward(step.mlp, step.theta, step.batch)?;
         let loss = b.batch_loss(step.mlp, step.batch)?.loss;
         let decay = if config.weight_decay > 0.0 {
-            0.5 * config.weight_decay as f64 * b.weighted_dot(step.theta, step.weight_mask, step.theta)? as f64
+            0.5 * config.weight_decay as f64 * b.weighted_dot(step.theta, step.weight_mask, step.theta)?
         } else {
             0.0
         };
@@ -76,7 +76,7 @@ impl<B: Backend> Ngd<B> {
             lr
         };
         let gd = if ngd.adaptive_damping {
-            b.dot(step.g, &self.d)? as f64
+            b.dot(step.g, &self.d)?
         } else {
             0.0
         };

@@ -1,0 +1,118 @@
+//! Preconditioned conjugate gradient on the host, over any operator and any preconditioner the
+//! device applies: the one CG every representation and the CPU's dense solve share. The GPU's
+//! fused dense CG (`shaders/cg.wgsl`) follows the same rules: a warm start dropped when it is
+//! worse than zero, the stopping test on the true gradient's scale, the breakdown test, and the
+//! true residual recomputed at the end.
+
+use super::{CgOutcome, CgParams, CgReport, curvature_ok};
+use crate::backend::BlasOps;
+use crate::error::Result;
+
+/// A symmetric positive (semi-)definite linear map on the device.
+pub trait Operator<B: BlasOps> {
+    /// `y = A x`.
+    fn apply(&mut self, b: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()>;
+}
+
+/// An approximation M of the operator whose inverse is cheap: CG on `M⁻¹A` converges in fewer
+/// iterations the closer M is to A.
+pub trait Preconditioner<B: BlasOps> {
+    /// `z = M⁻¹ r`.
+    fn apply_inverse(&mut self, b: &B, r: &B::Vector, z: &mut B::Vector) -> Result<()>;
+}
+
+/// Solves `A d = g` from the `d` given (a warm start, or zeros), preconditioned by `m` when
+/// given. Without a preconditioner this is plain CG, iteration for iteration.
+pub fn cg<B: BlasOps>(
+    b: &B,
+    op: &mut dyn Operator<B>,
+    mut m: Option<&mut dyn Preconditioner<B>>,
+    g: &B::Vector,
+    d: &mut B::Vector,
+    params: &CgParams,
+) -> Result<CgReport> {
+    let n = b.len(g);
+    let mut q = b.zeros_vector("CG product q", n)?;
+    let mut r = b.zeros_vector("CG residual r", n)?;
+    op.apply(b, d, &mut q)?;
+    b.copy(g, &mut r)?;
+    b.axpy(-1.0, &q, &mut r)?;
+    let gg = b.dot(g, g)?;
+    let mut rr = b.dot(&r, &r)?;
+    if rr > gg {
+        // the warm start is worse than none: start from d = 0
+        set_zero(b, d, n)?;
+        b.copy(g, &mut r)?;
+        rr = gg;
+    }
+    // z = M⁻¹r: with no preconditioner z is r itself and rᵀz is rᵀr
+    let mut z = match m {
+        Some(_) => Some(b.zeros_vector("CG preconditioned residual z", n)?),
+        None => None,
+    };
+    let mut rz = precondition(b, &mut m, &r, &mut z, rr)?;
+    let mut s = b.zeros_vector("CG direction s", n)?;
+    b.copy(z.as_ref().unwrap_or(&r), &mut s)?;
+    let tol2 = (params.rel_tol as f64).powi(2);
+    // the largest Rayleigh quotient seen: A's scale for the breakdown test
+    let mut mu = 0.0f64;
+    let mut iterations = 0;
+    let outcome = loop {
+        if gg == 0.0 || rr <= tol2 * gg {
+            break CgOutcome::Converged;
+        }
+        if iterations >= params.max_iters {
+            break CgOutcome::MaxIterations;
+        }
+        op.apply(b, &s, &mut q)?;
+        let sq = b.dot(&s, &q)?;
+        let rayleigh = sq / b.dot(&s, &s)?;
+        if !curvature_ok(rayleigh, mu) {
+            break CgOutcome::Breakdown;
+        }
+        mu = mu.max(rayleigh);
+        let alpha = (rz / sq) as f32;
+        b.axpy(alpha, &s, d)?;
+        b.axpy(-alpha, &q, &mut r)?;
+        rr = b.dot(&r, &r)?;
+        let rz_new = precondition(b, &mut m, &r, &mut z, rr)?;
+        b.xpby(z.as_ref().unwrap_or(&r), (rz_new / rz) as f32, &mut s)?;
+        rz = rz_new;
+        iterations += 1;
+    };
+    let rel_residual = if gg == 0.0 {
+        set_zero(b, d, n)?;
+        0.0
+    } else {
+        op.apply(b, d, &mut q)?;
+        b.copy(g, &mut r)?;
+        b.axpy(-1.0, &q, &mut r)?;
+        (b.dot(&r, &r)? / gg).sqrt() as f32
+    };
+    Ok(CgReport {
+        iterations,
+        rel_residual,
+        outcome,
+    })
+}
+
+/// `z = M⁻¹r` and returns `rᵀz`; without a preconditioner returns `rr` (= rᵀr).
+fn precondition<B: BlasOps>(
+    b: &B,
+    m: &mut Option<&mut dyn Preconditioner<B>>,
+    r: &B::Vector,
+    z: &mut Option<B::Vector>,
+    rr: f64,
+) -> Result<f64> {
+    match (m, z) {
+        (Some(m), Some(z)) => {
+            m.apply_inverse(b, r, z)?;
+            b.dot(r, z)
+        }
+        _ => Ok(rr),
+    }
+}
+
+fn set_zero<B: BlasOps>(b: &B, v: &mut B::Vector, n: usize) -> Result<()> {
+    b.copy(&b.zeros_vector("zeros", n)?, v)
+}
