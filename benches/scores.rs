@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use natgrad::cpu::Cpu;
-use natgrad::fisher::{self, FisherKind, SampleKey};
+use natgrad::curvature::scores;
 use natgrad::gpu::Gpu;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
+use natgrad::model::{FisherKind, SampleKey};
 use natgrad::optim::{OptimConfig, OptimizerKind};
 use natgrad::prelude::*;
 use natgrad::train::Trainer;
@@ -69,7 +70,7 @@ where
         let mut config = OptimConfig::new(OptimizerKind::Ngd, 1.0);
         config.ngd.fisher = FisherKind::Empirical;
         config.ngd.cg = cg;
-        let mut trainer = Trainer::new(self, mlp.clone(), &mlp.init(0), config, 0).unwrap();
+        let mut trainer = Trainer::new(self, mlp.clone(), &mlp.init(0), config, 256, 0).unwrap();
         Box::new(move || {
             trainer.step(&x, &y).unwrap();
             self.synchronize().unwrap();
@@ -83,7 +84,7 @@ where
         let theta = b.upload_vector("θ", &mlp.init(0)).unwrap();
         b.forward(mlp, &theta, &mut batch).unwrap();
         let p = mlp.num_params();
-        let chunk = fisher::chunk_rows(b, p, BATCH).unwrap();
+        let chunk = scores::chunk_rows(b, p, BATCH).unwrap();
         let mut rows = b.zeros_matrix("G chunk", chunk, p).unwrap();
         let mut last = b
             .zeros_matrix("G last chunk", BATCH - (BATCH - 1) / chunk * chunk, p)
@@ -97,7 +98,7 @@ where
         Box::new(move |with_fisher| {
             if with_fisher {
                 let f = f.as_mut().expect("a dense Fisher for this size");
-                fisher::build(
+                scores::build(
                     b,
                     mlp,
                     &theta,

@@ -2,10 +2,11 @@
 //! a whole file (`natgrad fisher`).
 
 use crate::backend::Backend;
+use crate::curvature::scores::{self, Part};
 use crate::data::{self, Dataset};
 use crate::error::Result;
-use crate::fisher::{self, FisherKind, Part, SampleKey};
 use crate::io::checkpoint::Checkpoint;
+use crate::model::{FisherKind, SampleKey};
 use crate::train::{EVAL_BATCH, Evaluation, evaluate};
 
 /// The data at `source` (a built-in name or a CSV path) as the checkpoint's model sees it: its
@@ -52,14 +53,14 @@ pub fn fisher<B: Backend>(
             examples_in_total: data.n,
             accumulate: start > 0,
         };
-        fisher::accumulate_in_chunks(
+        scores::accumulate_in_chunks(
             b,
             mlp,
             &theta,
             &mut batch,
             part,
             &mut f,
-            fisher::chunk_rows(b, p, rows)?,
+            scores::chunk_rows(b, p, rows)?,
         )?;
     }
     b.download_matrix(&f)

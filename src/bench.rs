@@ -15,10 +15,10 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::curvature::{CurvatureChoice, CurvatureKind, scores};
 use crate::error::Result;
-use crate::fisher::curvature::CurvatureKind;
-use crate::fisher::{self, FisherKind, SampleKey};
 use crate::model::{Activation, Likelihood, Mlp, MlpSpec};
+use crate::model::{FisherKind, SampleKey};
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::solve::CgParams;
 use crate::train::Trainer;
@@ -55,6 +55,17 @@ pub struct DeviceInfo {
     pub kind: String,
     pub adapter: String,
     pub backend: String,
+}
+
+/// How a device's timings were taken, in words.
+pub fn clock(device: &DeviceInfo, device_clock: bool) -> &'static str {
+    if device_clock {
+        "on the device's clock (GPU timestamp queries)"
+    } else if device.kind == "gpu" {
+        "on the host clock around completed submissions (no timestamp queries)"
+    } else {
+        "on the host clock"
+    }
 }
 
 /// Timings of one operation: (median, minimum) in ms, and whether the device's clock gave them.
@@ -172,7 +183,7 @@ pub fn run<B: Backend>(b: &B, device: &DeviceInfo, cfg: &BenchConfig) -> Result<
         let theta = b.upload_vector("θ", &mlp.init(0))?;
         let mut batch = b.upload_batch(&mlp, &x, &labels)?;
         b.forward(&mlp, &theta, &mut batch)?;
-        let chunk = fisher::chunk_rows(b, pm, n)?;
+        let chunk = scores::chunk_rows(b, pm, n)?;
         let mut rows = b.zeros_matrix("G chunk", chunk, pm)?;
         let mut last = b.zeros_matrix("G last chunk", n - (n - 1) / chunk * chunk, pm)?;
         let t = measure(b, cfg.repeats, &mut || {
@@ -202,10 +213,10 @@ pub fn run<B: Backend>(b: &B, device: &DeviceInfo, cfg: &BenchConfig) -> Result<
             config
         };
         // one step per curvature representation: "ngd_step" is the dense one
-        for kind in CurvatureKind::ALL {
+        for &kind in CurvatureKind::ALL {
             let mut config = config;
-            config.ngd.curvature = kind;
-            let mut trainer = Trainer::new(b, mlp.clone(), &mlp.init(0), config, 0)?;
+            config.ngd.curvature = CurvatureChoice::Kind(kind);
+            let mut trainer = Trainer::new(b, mlp.clone(), &mlp.init(0), config, n, 0)?;
             let t = measure(b, cfg.repeats, &mut || trainer.step(&x, &labels).map(|_| ()))?;
             let op = match kind {
                 CurvatureKind::Dense => "ngd_step".to_string(),

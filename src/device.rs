@@ -12,8 +12,9 @@ use crate::error::Result;
 use crate::gpu::{Gpu, GpuContext, GpuOptions, context};
 
 /// The `--device` choice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
+    #[default]
     Auto,
     Gpu,
     Cpu,
@@ -74,6 +75,25 @@ impl AnyBackend {
 
     pub fn kind(&self) -> &'static str {
         with_backend!(self, b => b.kind())
+    }
+
+    /// How a bench record names the device.
+    pub fn info(&self) -> crate::bench::DeviceInfo {
+        match self {
+            AnyBackend::Gpu(g) => {
+                let info = &g.context().info;
+                crate::bench::DeviceInfo {
+                    kind: "gpu".into(),
+                    adapter: info.name.clone(),
+                    backend: format!("{:?}", info.backend),
+                }
+            }
+            AnyBackend::Cpu(c) => crate::bench::DeviceInfo {
+                kind: "cpu".into(),
+                adapter: c.describe(),
+                backend: "cpu".into(),
+            },
+        }
     }
 }
 

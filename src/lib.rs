@@ -9,16 +9,15 @@ pub mod apply;
 pub mod backend;
 pub mod bench;
 pub mod cpu;
+pub mod curvature;
 pub mod data;
 pub mod demo;
 pub mod device;
 pub mod error;
-pub mod fisher;
 pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod optim;
-pub mod profile;
 pub mod solve;
 pub mod train;
 

@@ -5,9 +5,9 @@ mod common;
 
 use common::{batch, normal, params, rng};
 use natgrad::cpu::{Cpu, reference};
-use natgrad::fisher::curvature::{self, Curvature, CurvatureKind};
-use natgrad::fisher::{FisherKind, SampleKey};
+use natgrad::curvature::{At, CurvatureKind, Limits, Shape, plan};
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec, reference as model_ref};
+use natgrad::model::{FisherKind, SampleKey};
 use natgrad::prelude::*;
 use natgrad::{CgParams, Error};
 
@@ -48,16 +48,24 @@ fn solve_with<B: Backend>(
     let mut batch = b.upload_batch(mlp, xs, ys).unwrap();
     let th = b.upload_vector("θ", theta).unwrap();
     b.forward(mlp, &th, &mut batch).unwrap();
-    let mut c = Curvature::new(b, kind, mlp).unwrap();
-    c.build(b, mlp, &th, &mut batch, FisherKind::Exact, KEY, DECAY).unwrap();
+    let mut c = kind.create(b, mlp).unwrap();
+    let mut at = At {
+        mlp,
+        theta: &th,
+        batch: &mut batch,
+        fisher: FisherKind::Exact,
+        key: KEY,
+        weight_decay: DECAY,
+    };
+    c.build(b, &mut at).unwrap();
     let gv = b.upload_vector("g", g).unwrap();
     let mut d = b.zeros_vector("d", mlp.num_params()).unwrap();
     let cg = CgParams {
         max_iters: 500,
         rel_tol: 1e-6,
     };
-    c.solve(b, DAMPING, DECAY, &gv, &mut d, &cg).unwrap();
-    let quad = c.quad(b, DAMPING, DECAY, &d).unwrap();
+    c.solve(b, &mut at, DAMPING, &gv, &mut d, &cg).unwrap();
+    let quad = c.quad(b, &mut at, DAMPING, &d).unwrap();
     (b.download_vector(&d).unwrap(), quad)
 }
 
@@ -127,12 +135,19 @@ fn woodbury_refuses_a_singular_d() {
     let mut b = cpu.upload_batch(&mlp, &xs, &ys).unwrap();
     let th = cpu.upload_vector("θ", &mlp.init(0)).unwrap();
     cpu.forward(&mlp, &th, &mut b).unwrap();
-    let mut c = Curvature::new(&cpu, CurvatureKind::Woodbury, &mlp).unwrap();
-    c.build(&cpu, &mlp, &th, &mut b, FisherKind::Empirical, KEY, 0.0)
-        .unwrap();
+    let mut c = CurvatureKind::Woodbury.create(&cpu, &mlp).unwrap();
+    let mut at = At {
+        mlp: &mlp,
+        theta: &th,
+        batch: &mut b,
+        fisher: FisherKind::Empirical,
+        key: KEY,
+        weight_decay: 0.0,
+    };
+    c.build(&cpu, &mut at).unwrap();
     let g = cpu.upload_vector("g", &vec![1.0; mlp.num_params()]).unwrap();
     let mut d = cpu.zeros_vector("d", mlp.num_params()).unwrap();
-    let r = c.solve(&cpu, 0.0, 0.0, &g, &mut d, &CgParams::default());
+    let r = c.solve(&cpu, &mut at, 0.0, &g, &mut d, &CgParams::default());
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
 }
 
@@ -253,10 +268,18 @@ fn curvature_primitives_match_f64_on_both_devices() {
 
 #[test]
 fn the_memory_plan_refuses_with_the_buffer_the_limit_and_a_fitting_representation() {
-    let blocks = [200_960, 65_792, 2_570];
+    let blocks = vec![200_960, 65_792, 2_570];
     let p: usize = blocks.iter().sum();
+    let shape = |p, m, blocks: &[usize]| Shape {
+        p,
+        m,
+        blocks: blocks.to_vec(),
+    };
+    let limits = |max_buffer, memory| Limits { max_buffer, memory };
+    let choose = |s: &Shape, l: &Limits| plan::choose(s, l).0;
     // the 784-256-256-10 MLP with 200 score rows, on a device of 128 MiB buffers and 8 GiB
-    let e = curvature::check_fits(CurvatureKind::Dense, p, 200, &blocks, 128 << 20, 8 << 30)
+    let (mlp_784, device) = (shape(p, 200, &blocks), limits(128 << 20, 8 << 30));
+    let e = plan::check_fits(CurvatureKind::Dense, &mlp_784, &device)
         .unwrap_err()
         .to_string();
     assert!(
@@ -267,24 +290,15 @@ fn the_memory_plan_refuses_with_the_buffer_the_limit_and_a_fitting_representatio
         e.contains("--curvature implicit or woodbury or diagonal would fit"),
         "{e}"
     );
-    assert!(curvature::check_fits(CurvatureKind::Woodbury, p, 200, &blocks, 128 << 20, 8 << 30).is_ok());
-    assert_eq!(
-        curvature::choose(p, 200, &blocks, 128 << 20, 8 << 30).0,
-        CurvatureKind::Woodbury
-    );
+    assert!(plan::check_fits(CurvatureKind::Woodbury, &mlp_784, &device).is_ok());
+    assert_eq!(choose(&mlp_784, &device), CurvatureKind::Woodbury);
     // more score rows than parameters, G fits, the dense F (1.6 GB) is past auto's size: implicit
     assert_eq!(
-        curvature::choose(20_000, 30_000, &[20_000], 2 << 30, 64 << 30).0,
+        choose(&shape(20_000, 30_000, &[20_000]), &limits(2 << 30, 64 << 30)),
         CurvatureKind::Implicit
     );
-    assert_eq!(
-        curvature::choose(2410, 2000, &[2080, 330], 128 << 20, 8 << 30).0,
-        CurvatureKind::Dense
-    );
-    assert_eq!(
-        curvature::choose(p, 200_000, &blocks, 128 << 20, 8 << 30).0,
-        CurvatureKind::Diagonal
-    );
+    assert_eq!(choose(&shape(2410, 2000, &[2080, 330]), &device), CurvatureKind::Dense);
+    assert_eq!(choose(&shape(p, 200_000, &blocks), &device), CurvatureKind::Diagonal);
 }
 
 #[test]

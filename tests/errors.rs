@@ -172,8 +172,8 @@ fn bad_batches<B: Backend>(b: &B) {
     let theta = b.upload_vector("θ", &categorical.init(0)).unwrap();
     b.forward(&categorical, &theta, &mut batch).unwrap();
     let mut wrong = b.zeros_matrix("G", 1, categorical.num_params()).unwrap();
-    let kind = natgrad::fisher::FisherKind::Exact;
-    let key = natgrad::fisher::SampleKey::default();
+    let kind = natgrad::model::FisherKind::Exact;
+    let key = natgrad::model::SampleKey::default();
     let r = b.score_rows(&categorical, &theta, &mut batch, kind, key, 0..2, &mut wrong);
     assert!(matches!(r, Err(Error::Shape(_))), "{name}: 2 rows into a 1-row matrix");
     let mut out = b.zeros_matrix("G", 2, categorical.num_params()).unwrap();
@@ -188,8 +188,9 @@ fn bad_batches_are_refused_on_both_devices() {
 }
 
 fn mismatched_models<B: Backend>(b: &B) {
-    use natgrad::fisher::{self, FisherKind, SampleKey};
+    use natgrad::curvature::scores;
     use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
+    use natgrad::model::{FisherKind, SampleKey};
     let name = b.describe();
     let spec = |hidden| MlpSpec {
         inputs: 2,
@@ -208,7 +209,7 @@ fn mismatched_models<B: Backend>(b: &B) {
     b.forward(&small, &theta, &mut batch).unwrap();
     let p = small.num_params();
     let mut f = b.zeros_matrix("F", p, p).unwrap();
-    let r = fisher::build(
+    let r = scores::build(
         b,
         &small,
         &theta,

@@ -121,7 +121,7 @@ fn check_trainer_ops<B: Backend>(b: &B, n: usize, seed: u64) {
     let mut m = b.upload_vector("m", &w).unwrap();
     let v0: Vec<f32> = w.iter().map(|v| v * v).collect();
     let mut v = b.upload_vector("v", &v0).unwrap();
-    let step = natgrad::optim::AdamStep {
+    let step = natgrad::backend::AdamStep {
         lr: 0.01,
         beta1: 0.9,
         beta2: 0.99,

@@ -6,9 +6,10 @@ mod common;
 
 use common::{batch, gpu_variants, likelihoods, normal, params, rng};
 use natgrad::cpu::{Cpu, reference::rel_error};
-use natgrad::fisher::{self, FisherKind, SampleKey};
+use natgrad::curvature::scores;
 use natgrad::model::likelihood::softmax;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec, reference};
+use natgrad::model::{FisherKind, SampleKey};
 use natgrad::prelude::*;
 
 const KINDS: [FisherKind; 3] = [
@@ -140,7 +141,7 @@ fn device_fisher<B: Backend>(
     b.forward(mlp, &theta, &mut batch).unwrap();
     let p = mlp.num_params();
     let mut f = b.zeros_matrix("F", p, p).unwrap();
-    fisher::build(b, mlp, &theta, &mut batch, kind, KEY, wd, &mut f).unwrap();
+    scores::build(b, mlp, &theta, &mut batch, kind, KEY, wd, &mut f).unwrap();
     b.download_matrix(&f).unwrap()
 }
 
@@ -359,7 +360,7 @@ fn a_fisher_built_in_small_chunks_equals_one_built_at_once() {
         let p = mlp.num_params();
         let mut f = b.zeros_matrix("F", p, p).unwrap();
         // 27 rows of G in chunks of 5: five full chunks and a last one of 2
-        fisher::build_in_chunks(b, mlp, &theta, &mut batch, FisherKind::Exact, KEY, 0.0, &mut f, 5).unwrap();
+        scores::build_in_chunks(b, mlp, &theta, &mut batch, FisherKind::Exact, KEY, 0.0, &mut f, 5).unwrap();
         b.download_matrix(&f).unwrap()
     }
     for f in [

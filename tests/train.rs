@@ -6,10 +6,10 @@ mod common;
 use natgrad::CgParams;
 use natgrad::apply;
 use natgrad::cpu::Cpu;
+use natgrad::curvature::{CurvatureChoice, CurvatureKind};
 use natgrad::data::{Dataset, Task, TaskChoice, builtin};
-use natgrad::fisher::FisherKind;
-use natgrad::fisher::curvature::CurvatureKind;
 use natgrad::io::checkpoint::Checkpoint;
+use natgrad::model::FisherKind;
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec};
 use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
 use natgrad::prelude::*;
@@ -20,13 +20,15 @@ fn optim(kind: OptimizerKind, lr: f32) -> OptimConfig {
 }
 
 fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -> RunConfig {
+    let mut optim = optim(kind, lr);
+    optim.ngd.curvature = CurvatureChoice::Kind(CurvatureKind::Dense);
     RunConfig {
         data: data.into(),
         task: TaskChoice::Auto,
         hidden: vec![32],
         activation: Activation::Relu,
         sigma: 1.0,
-        optim: optim(kind, lr),
+        optim,
         batch: 200,
         epochs: 10,
         steps: None,
@@ -34,13 +36,14 @@ fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -
         standardize: false,
         seed: 0,
         out: out.to_owned(),
-        curvature: Some(CurvatureKind::Dense),
+        profile: false,
     }
 }
 
 fn train_on_cpu(cfg: &RunConfig) -> serde_json::Value {
     let prepared = train::prepare(cfg).unwrap();
-    train::run(&Cpu::new(), cfg, &prepared, ("cpu", "test"), &mut |_| {}).unwrap()
+    let summary = train::run(&Cpu::new(), cfg, &prepared, ("cpu", "test"), &mut |_| {}).unwrap();
+    serde_json::to_value(summary).unwrap()
 }
 
 /// The acceptance run: digits, one hidden layer, 10 epochs each, the command line's defaults.
@@ -102,6 +105,7 @@ fn newton_like(fisher: FisherKind, steps: usize) -> Vec<f64> {
     let mut config = optim(OptimizerKind::Ngd, 1.0);
     config.weight_decay = 1e-2;
     config.ngd = NgdConfig {
+        lr: 1.0,
         fisher,
         damping: 1e-7,
         adaptive_damping: false,
@@ -110,10 +114,10 @@ fn newton_like(fisher: FisherKind, steps: usize) -> Vec<f64> {
             max_iters: 50,
             rel_tol: 1e-7,
         },
-        curvature: CurvatureKind::Dense,
+        curvature: CurvatureChoice::Kind(CurvatureKind::Dense),
     };
     let cpu = Cpu::new();
-    let mut trainer = Trainer::new(&cpu, mlp, &[0.0; 4], config, 0).unwrap();
+    let mut trainer = Trainer::new(&cpu, mlp, &[0.0; 4], config, data.n, 0).unwrap();
     (0..steps)
         .map(|_| trainer.step(&data.x, &data.y).unwrap().grad_norm)
         .collect()
@@ -193,8 +197,8 @@ fn prediction_gap<B: Backend>(b: &B, kind: OptimizerKind, lr: f32) -> f64 {
         max_iters: 100,
         rel_tol: 1e-7,
     };
-    let mut original = Trainer::new(b, mlp.clone(), &theta, config, 0).unwrap();
-    let mut transformed = Trainer::new(b, mlp, &affine.params(&theta, 3), config, 0).unwrap();
+    let mut original = Trainer::new(b, mlp.clone(), &theta, config, data.n, 0).unwrap();
+    let mut transformed = Trainer::new(b, mlp, &affine.params(&theta, 3), config, data.n, 0).unwrap();
     let probs = |z: Vec<f32>| -> Vec<f64> {
         z.chunks_exact(3)
             .flat_map(|r| natgrad::model::likelihood::softmax(&r.iter().map(|&v| v as f64).collect::<Vec<_>>()))
@@ -265,7 +269,7 @@ impl<B: Backend> LossCurve for B {
             max_iters: 200,
             rel_tol: 1e-6,
         };
-        let mut trainer = Trainer::new(self, mlp.clone(), &mlp.init(3), config, 9).unwrap();
+        let mut trainer = Trainer::new(self, mlp.clone(), &mlp.init(3), config, 40, 9).unwrap();
         (0..12)
             .map(|epoch| {
                 let batch = &natgrad::data::batches(data.n, 40, 1, epoch)[0];
@@ -348,7 +352,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_parameters() {
     let dir = tempfile::tempdir().unwrap();
     // a rate that overflows f32 within a step or two
     let mut cfg = run_config("digits", OptimizerKind::Sgd, 1e30, dir.path());
-    cfg.optim.momentum = 0.0;
+    cfg.optim.sgd.momentum = 0.0;
     let prepared = train::prepare(&cfg).unwrap();
     let e = train::run(&Cpu::new(), &cfg, &prepared, ("cpu", "test"), &mut |_| {}).expect_err("lr 1e4 did not diverge");
     let text = e.to_string();

@@ -19,6 +19,7 @@
 pub mod cg;
 mod check;
 pub mod optim;
+pub mod profiled;
 
 pub use cg::{CgOutcome, CgParams, CgReport};
 pub use check::*;

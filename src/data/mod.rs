@@ -48,9 +48,11 @@ pub enum Task {
 }
 
 /// The `--task` choice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum TaskChoice {
     /// Classification when every label is an integer.
+    #[default]
+    #[value(skip)]
     Auto,
     Classify,
     Regress,

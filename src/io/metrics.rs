@@ -159,7 +159,8 @@ pub fn read_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<f64>>> {
 }
 
 /// Writes `summary.json` atomically.
-pub fn write_summary(dir: &Path, summary: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(summary).unwrap_or_default() + "\n";
-    super::write_atomic(&dir.join("summary.json"), text.as_bytes())
+pub fn write_summary(dir: &Path, summary: &impl serde::Serialize) -> Result<()> {
+    let path = dir.join("summary.json");
+    let text = serde_json::to_string_pretty(summary).map_err(|e| super::io_error(&path, e))? + "\n";
+    super::write_atomic(&path, text.as_bytes())
 }

@@ -1,9 +1,10 @@
 //! Hidden-layer activations and their derivatives, in the forms the GPU kernels use too.
 
 /// A hidden layer's nonlinearity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Activation {
     Tanh,
+    #[default]
     Relu,
     Sigmoid,
     /// GELU in its tanh form, `½z(1 + tanh(√(2/π)(z + 0.044715z³)))` (PyTorch's `approximate="tanh"`).

@@ -20,7 +20,31 @@ pub enum FisherKind {
     Exact,
 }
 
+/// `--fisher empirical|sampled|exact`; the number of draws comes with `--draws`
+/// ([`FisherKind::with_draws`]).
+impl clap::ValueEnum for FisherKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            FisherKind::Empirical,
+            FisherKind::Sampled { draws: 1 },
+            FisherKind::Exact,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
 impl FisherKind {
+    /// This kind with `draws` labels drawn per example if it is the sampled one.
+    pub fn with_draws(self, draws: u32) -> Self {
+        match self {
+            FisherKind::Sampled { .. } => FisherKind::Sampled { draws },
+            other => other,
+        }
+    }
+
     /// Rows of G per example.
     pub fn rows_per_example(&self, likelihood: &Likelihood) -> usize {
         match self {

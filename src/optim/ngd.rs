@@ -1,13 +1,12 @@
-//! The natural-gradient step: build F on the batch, solve (F + λI) d = g by conjugate gradient
-//! from the last step's d, choose η (fixed, or the KL trust region), move θ ← θ − ηd, and, with
-//! adaptive damping, compare the objective's actual decrease with the quadratic model's.
+//! Natural gradient: build the curvature on the batch, solve `(F + wd·D_W + λI) d = g` from the
+//! last step's d, choose η (fixed, or the KL trust region), move θ ← θ − ηd, and, with adaptive
+//! damping, compare the objective's actual decrease with the quadratic model's.
 
-use super::{NgdConfig, OptimConfig, UpdateInfo};
-use crate::backend::Backend;
+use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
+use crate::backend::{Backend, CgParams};
+use crate::curvature::{At, Curvature, CurvatureChoice, CurvatureKind};
 use crate::error::Result;
-use crate::fisher::SampleKey;
-use crate::fisher::curvature::Curvature;
-use crate::model::Mlp;
+use crate::model::{FisherKind, Mlp};
 
 /// Levenberg–Marquardt factors (Martens 2010): λ ·= 2/3 after a step that did better than 3/4 of
 /// its predicted decrease, λ ·= 3/2 after one that did worse than 1/4 of it.
@@ -17,74 +16,126 @@ const DAMPING_GROW: f32 = 1.5;
 /// plain gradient descent with a tiny rate.
 const DAMPING_RANGE: (f32, f32) = (1e-8, 1e4);
 
-/// The inputs of one update.
-pub struct StepInput<'a, B: Backend> {
-    pub mlp: &'a Mlp,
-    pub batch: &'a mut B::Batch,
-    pub theta: &'a mut B::Vector,
-    pub g: &'a B::Vector,
-    /// The objective at θ on this batch (for adaptive damping's ratio).
-    pub objective: f64,
-    /// 1 on weights, 0 on biases.
-    pub weight_mask: &'a B::Vector,
-    pub key: SampleKey,
+/// How natural gradient builds and uses the curvature.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NgdConfig {
+    /// η, or with a trust region the largest η.
+    pub lr: f32,
+    pub fisher: FisherKind,
+    /// λ in (F + λI) d = g; the starting value when adaptive.
+    pub damping: f32,
+    /// Levenberg–Marquardt: shrink λ when the step did better than predicted, grow it when worse.
+    pub adaptive_damping: bool,
+    /// KL trust region c: η = min(lr, √(2c / dᵀFd)); 0 turns it off (η = lr).
+    pub kl: f32,
+    pub cg: CgParams,
+    /// How the curvature is held; `Auto` is resolved by the memory plan.
+    pub curvature: CurvatureChoice,
+}
+
+impl Default for NgdConfig {
+    /// The exact Fisher with a KL trust region of 0.01, λ 1e-3, lr 1, 50 CG iterations to 1e-3,
+    /// the curvature chosen by the plan: the settings the README's experiments chose.
+    fn default() -> Self {
+        Self {
+            lr: 1.0,
+            fisher: FisherKind::Exact,
+            damping: 1e-3,
+            adaptive_damping: false,
+            kl: 0.01,
+            cg: CgParams {
+                max_iters: 50,
+                rel_tol: 1e-3,
+            },
+            curvature: CurvatureChoice::Auto,
+        }
+    }
+}
+
+impl NgdConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_lr(self.lr)?;
+        if !(self.kl.is_finite() && self.kl >= 0.0) {
+            return Err(bad("--kl", format!("{} is not a non-negative number", self.kl)));
+        }
+        if let FisherKind::Sampled { draws: 0 } = self.fisher {
+            return Err(bad("--draws", "need at least one draw per example".into()));
+        }
+        self.cg.validate(self.damping)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "ngd ({} Fisher, λ {}{}, {}lr {})",
+            self.fisher.name(),
+            self.damping,
+            if self.adaptive_damping { " adaptive" } else { "" },
+            if self.kl > 0.0 {
+                format!("KL trust region {}, ", self.kl)
+            } else {
+                String::new()
+            },
+            self.lr
+        )
+    }
 }
 
 /// Natural gradient's state: the curvature in its representation, the last direction (CG's
 /// warm start) and λ.
-pub struct Ngd<B: Backend> {
-    curvature: Curvature<B>,
+pub struct Ngd<'a, B: Backend> {
+    config: NgdConfig,
+    curvature: Box<dyn Curvature<B> + 'a>,
     d: B::Vector,
     damping: f32,
 }
 
-impl<B: Backend> Ngd<B> {
-    pub fn new(b: &B, config: &NgdConfig, mlp: &Mlp) -> Result<Self> {
+impl<'a, B: Backend + 'a> Ngd<'a, B> {
+    /// `curvature` is the representation the plan resolved `config.curvature` to.
+    pub fn new(b: &B, config: NgdConfig, curvature: CurvatureKind, mlp: &Mlp) -> Result<Self> {
         Ok(Self {
-            curvature: Curvature::new(b, config.curvature, mlp)?,
+            config,
+            curvature: curvature.create(b, mlp)?,
             d: b.zeros_vector("natural direction d", mlp.num_params())?,
             damping: config.damping,
         })
     }
+}
 
-    /// The objective on the batch at the given θ: mean NLL + (wd/2)‖W‖².
-    fn objective(b: &B, config: &OptimConfig, step: &mut StepInput<'_, B>) -> Result<f64> {
-        b.forward(step.mlp, step.theta, step.batch)?;
-        let loss = b.batch_loss(step.mlp, step.batch)?.loss;
-        let decay = if config.weight_decay > 0.0 {
-            0.5 * config.weight_decay as f64 * b.weighted_dot(step.theta, step.weight_mask, step.theta)?
-        } else {
-            0.0
-        };
-        Ok(loss + decay)
-    }
-
-    pub fn update(&mut self, b: &B, config: &OptimConfig, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
-        let ngd = &config.ngd;
+impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
+    fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
+        let config = self.config;
         let lambda = self.damping;
-        let wd = config.weight_decay;
-        self.curvature
-            .build(b, step.mlp, step.theta, step.batch, ngd.fisher, step.key, wd)?;
-        let report = self.curvature.solve(b, lambda, wd, step.g, &mut self.d, &ngd.cg)?;
+        let mut at = At {
+            mlp: step.mlp,
+            theta: &*step.theta,
+            batch: &mut *step.batch,
+            fisher: config.fisher,
+            key: step.key,
+            weight_decay: step.weight_decay,
+        };
+        self.curvature.build(b, &mut at)?;
+        let report = self
+            .curvature
+            .solve(b, &mut at, lambda, step.g, &mut self.d, &config.cg)?;
         // dᵀ(F + λI)d: the damped curvature CG solved with. Measured without λ, directions in F's
         // null space would cost nothing and a trust region could not bound them.
-        let dfd = self.curvature.quad(b, lambda, wd, &self.d)?;
+        let dfd = self.curvature.quad(b, &mut at, lambda, &self.d)?;
         let lr = config.lr as f64;
-        let eta = if ngd.kl > 0.0 && dfd > 0.0 {
-            lr.min((2.0 * ngd.kl as f64 / dfd).sqrt())
+        let eta = if config.kl > 0.0 && dfd > 0.0 {
+            lr.min((2.0 * config.kl as f64 / dfd).sqrt())
         } else {
             lr
         };
-        let gd = if ngd.adaptive_damping {
+        let gd = if config.adaptive_damping {
             b.dot(step.g, &self.d)?
         } else {
             0.0
         };
         b.axpy(-eta as f32, &self.d, step.theta)?;
-        if ngd.adaptive_damping {
+        if config.adaptive_damping {
             // ρ = actual / predicted decrease, the model being q(−ηd) = −η gᵀd + ½η² dᵀFd
             let predicted = eta * gd - 0.5 * eta * eta * dfd;
-            let actual = step.objective - Self::objective(b, config, step)?;
+            let actual = step.objective - objective(b, step)?;
             let rho = actual / predicted;
             if rho > 0.75 {
                 self.damping *= DAMPING_SHRINK;
@@ -102,4 +153,16 @@ impl<B: Backend> Ngd<B> {
             damping: Some(lambda),
         })
     }
+}
+
+/// The objective on the batch at the given θ: mean NLL + (wd/2)‖W‖².
+fn objective<B: Backend>(b: &B, step: &mut StepInput<'_, B>) -> Result<f64> {
+    b.forward(step.mlp, step.theta, step.batch)?;
+    let loss = b.batch_loss(step.mlp, step.batch)?.loss;
+    let decay = if step.weight_decay > 0.0 {
+        0.5 * step.weight_decay as f64 * b.weighted_dot(step.theta, step.weight_mask, step.theta)?
+    } else {
+        0.0
+    };
+    Ok(loss + decay)
 }

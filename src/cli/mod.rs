@@ -1,0 +1,6 @@
+//! The command line's pieces: argument types, one function per command, and terminal output.
+
+pub mod args;
+pub mod commands;
+pub mod progress;
+pub mod report;

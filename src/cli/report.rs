@@ -1,0 +1,39 @@
+//! The lines `natgrad train` ends with: the profile by phase, the final figures, the outputs.
+
+use natgrad::backend::profiled::PHASES;
+use natgrad::train::Summary;
+
+/// Prints what the run did.
+pub fn finished(summary: &Summary, out: &std::path::Path) {
+    if let Some(profile) = &summary.profile_ms_per_step {
+        let phases: Vec<String> = PHASES
+            .iter()
+            .filter_map(|name| profile.get(*name).map(|ms| format!("{name} {ms:.2}")))
+            .collect();
+        println!(
+            "time per step (ms, mean of {}, each operation waited for): {}; total {:.2}",
+            summary.steps,
+            phases.join(", "),
+            profile.values().sum::<f64>()
+        );
+    }
+    let accuracy = |a: Option<f64>| a.map(|a| format!(", accuracy {a:.4}")).unwrap_or_default();
+    let val = summary
+        .val
+        .and_then(|v| {
+            v.val_loss
+                .map(|l| format!("; validation loss {l:.6}{}", accuracy(v.val_accuracy)))
+        })
+        .unwrap_or_default();
+    println!(
+        "done: {} steps in {:.2} s; training loss {:.6}{}{val}",
+        summary.steps,
+        summary.wall_s,
+        summary.train_loss,
+        accuracy(summary.train_accuracy)
+    );
+    println!(
+        "outputs in {}: metrics.csv, epochs.csv, summary.json, model.safetensors, loss.svg",
+        out.display()
+    );
+}

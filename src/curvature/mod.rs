@@ -1,0 +1,165 @@
+//! How natural gradient holds the curvature `A = F + wd·D_W + λI` (F the Fisher of the batch, D_W
+//! the weights' diagonal): one file per representation behind the [`Curvature`] trait, registered
+//! in one line of [`representations!`]; [`plan`] picks one (`auto`) and checks that it fits the
+//! device before anything is allocated.
+//!
+//! - `dense`: F itself, p×p, solved by the device's dense CG (fused on the GPU).
+//! - `implicit`: only the score rows G (m×p); `Av = Gᵀ(Gv)/n + Dv`, never forming F.
+//! - `woodbury`: the m×m system `(nI + G D⁻¹ Gᵀ) u = G D⁻¹ g` when m < p.
+//! - `block`: one dense block per layer (the cross-layer curvature dropped).
+//! - `diagonal`: the mean of the squared scores (the Adam-like approximation).
+
+mod block;
+mod dense;
+mod diagonal;
+mod implicit;
+pub mod plan;
+mod rows;
+pub mod scores;
+mod woodbury;
+
+use crate::backend::{Backend, CgParams, CgReport};
+use crate::error::Result;
+use crate::model::{FisherKind, Mlp, SampleKey};
+
+pub use plan::{CurvatureChoice, Limits, Need, Shape};
+
+/// Where the curvature is taken: the model at θ on a batch whose forward pass at θ is done, the
+/// Fisher's kind and draws' key, and the weight decay whose curvature `wd·D_W` joins F.
+pub struct At<'a, B: Backend> {
+    pub mlp: &'a Mlp,
+    pub theta: &'a B::Vector,
+    pub batch: &'a mut B::Batch,
+    pub fisher: FisherKind,
+    pub key: SampleKey,
+    pub weight_decay: f32,
+}
+
+/// A curvature representation on a device: built on a batch, then solved with and measured.
+pub trait Curvature<B: Backend> {
+    /// Builds (or refreshes) the representation at `at`.
+    fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()>;
+    /// Solves `(C + wd·D_W + λI) d = g` from the `d` given (C: this representation's F).
+    fn solve(
+        &mut self,
+        b: &B,
+        at: &mut At<'_, B>,
+        damping: f32,
+        g: &B::Vector,
+        d: &mut B::Vector,
+        cg: &CgParams,
+    ) -> Result<CgReport>;
+    /// `dᵀ(C + wd·D_W + λI)d`: the trust region's measure of a step.
+    fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64>;
+}
+
+/// What registers a representation: its name, the memory it needs, and how it is made.
+pub trait Representation {
+    /// Its `--curvature` name.
+    const NAME: &'static str;
+    /// The buffers it holds for `shape` on a device of `limits` (the plan adds the vectors every
+    /// representation holds).
+    fn needs(shape: &Shape, limits: &Limits) -> Vec<Need>;
+    /// Allocates it on `b` for `mlp`.
+    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>>;
+}
+
+/// Registers each representation: `Variant => file::Type`, one line each. Generates
+/// [`CurvatureKind`] and its dispatch to the representation's [`Representation`] impl.
+macro_rules! representations {
+    ($($variant:ident => $ty:path),* $(,)?) => {
+        /// A curvature representation (`--curvature NAME`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum CurvatureKind {
+            $($variant),*
+        }
+
+        impl CurvatureKind {
+            pub const ALL: &'static [CurvatureKind] = &[$(CurvatureKind::$variant),*];
+
+            /// Every `--curvature` value: auto, then each representation.
+            const CHOICES: &'static [CurvatureChoice] =
+                &[CurvatureChoice::Auto, $(CurvatureChoice::Kind(CurvatureKind::$variant)),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(CurvatureKind::$variant => <$ty as Representation>::NAME),*
+                }
+            }
+
+            /// The buffers it holds for `shape`, beyond the plan's vectors.
+            pub fn needs(self, shape: &Shape, limits: &Limits) -> Vec<Need> {
+                match self {
+                    $(CurvatureKind::$variant => <$ty as Representation>::needs(shape, limits)),*
+                }
+            }
+
+            /// Allocates it on `b` for `mlp`.
+            pub fn create<'a, B: Backend + 'a>(self, b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+                match self {
+                    $(CurvatureKind::$variant => <$ty as Representation>::create(b, mlp)),*
+                }
+            }
+        }
+    };
+}
+
+representations! {
+    Dense => dense::Dense,
+    Implicit => implicit::Implicit,
+    Woodbury => woodbury::Woodbury,
+    Block => block::Block,
+    Diagonal => diagonal::Diagonal,
+}
+
+/// `--curvature auto|dense|...`: the values are the registered representations' names.
+impl clap::ValueEnum for CurvatureChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        CurvatureKind::CHOICES
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+impl CurvatureKind {
+    /// The kind called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+}
+
+/// `D = λ + wd·D_W` on the device, uploaded again only when λ or wd change: the damping of the
+/// representations that keep it apart from their F.
+pub(crate) struct DampingDiagonal<B: Backend> {
+    weight_mask: Vec<f32>,
+    current: Option<(f32, f32, B::Vector)>,
+}
+
+impl<B: Backend> DampingDiagonal<B> {
+    pub fn new(mlp: &Mlp) -> Self {
+        Self {
+            weight_mask: mlp.weight_mask(),
+            current: None,
+        }
+    }
+
+    /// D's entries on the host.
+    pub fn host(&self, damping: f32, weight_decay: f32) -> Vec<f32> {
+        self.weight_mask.iter().map(|m| damping + weight_decay * m).collect()
+    }
+
+    /// D on the device.
+    pub fn get(&mut self, b: &B, damping: f32, weight_decay: f32) -> Result<&B::Vector> {
+        let current = match self.current.take() {
+            Some(entry) if entry.0 == weight_decay && entry.1 == damping => entry,
+            _ => (
+                weight_decay,
+                damping,
+                b.upload_vector("damping diagonal D", &self.host(damping, weight_decay))?,
+            ),
+        };
+        Ok(&self.current.insert(current).2)
+    }
+}

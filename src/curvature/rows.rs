@@ -1,0 +1,76 @@
+//! G kept whole on the device, in chunks of rows that each fit one buffer: what `implicit` and
+//! `woodbury` hold, and the product `v ↦ Gᵀ(Gv)/n + Dv` over it.
+
+use super::{At, scores};
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::solve::Operator;
+
+/// The score rows G of the last build, chunk by chunk, and n (F = (1/n) GᵀG).
+pub(crate) struct HeldRows<B: Backend> {
+    pub chunks: Vec<B::Matrix>,
+    pub n: usize,
+}
+
+impl<B: Backend> HeldRows<B> {
+    pub fn new() -> Self {
+        Self {
+            chunks: Vec::new(),
+            n: 0,
+        }
+    }
+
+    /// Makes G at `at`, reusing the chunks when their shapes still fit.
+    pub fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
+        let p = at.mlp.num_params();
+        self.n = b.batch_size(at.batch);
+        let total = scores::total_rows(b, at.mlp, at.batch, at.fisher)?;
+        let spans = scores::spans(total, scores::chunk_rows(b, p, total)?);
+        let reusable =
+            self.chunks.len() == spans.len() && self.chunks.iter().zip(&spans).all(|(c, s)| b.shape(c).0 == s.len());
+        if !reusable {
+            self.chunks = spans
+                .iter()
+                .map(|s| b.zeros_matrix("score rows G", s.len(), p))
+                .collect::<Result<_>>()?;
+        }
+        for (c, rows) in self.chunks.iter_mut().zip(spans) {
+            b.score_rows(at.mlp, at.theta, at.batch, at.fisher, at.key, rows, c)?;
+        }
+        Ok(())
+    }
+
+    /// The first row of each chunk in G.
+    pub fn offsets(&self, b: &B) -> Vec<usize> {
+        self.chunks
+            .iter()
+            .scan(0, |at, c| {
+                let start = *at;
+                *at += b.shape(c).0;
+                Some(start)
+            })
+            .collect()
+    }
+
+    /// Rows of G.
+    pub fn rows(&self, b: &B) -> usize {
+        self.chunks.iter().map(|c| b.shape(c).0).sum()
+    }
+}
+
+/// `v ↦ Gᵀ(Gv)/n + D v` over G's chunks.
+pub(crate) struct RowsOperator<'a, B: Backend> {
+    pub rows: &'a HeldRows<B>,
+    pub diag: &'a B::Vector,
+}
+
+impl<B: Backend> Operator<B> for RowsOperator<'_, B> {
+    fn apply(&mut self, b: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        for (k, c) in self.rows.chunks.iter().enumerate() {
+            let mut gx = b.zeros_vector("G x", b.shape(c).0)?;
+            b.gemv(c, x, &mut gx)?;
+            b.gemv_t(c, &gx, 1.0 / self.rows.n as f32, k > 0, y)?;
+        }
+        b.scale_add(self.diag, x, 1.0, y)
+    }
+}

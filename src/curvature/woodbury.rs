@@ -1,0 +1,132 @@
+//! `woodbury`: with D = λ + wd on weights and m < p score rows, the m×m system
+//! `(nI + G D⁻¹ Gᵀ) u = G D⁻¹ g`, then `d = D⁻¹ (g − Gᵀu)`; exact, and cheap when m ≪ p.
+
+use super::rows::{HeldRows, RowsOperator};
+use super::{At, Curvature, DampingDiagonal, Limits, Need, Representation, Shape};
+use crate::backend::{Backend, CgParams, CgReport};
+use crate::error::{Error, Result};
+use crate::model::Mlp;
+use crate::solve::Operator;
+
+pub struct Woodbury;
+
+impl Representation for Woodbury {
+    const NAME: &'static str = "woodbury";
+
+    fn needs(shape: &Shape, limits: &Limits) -> Vec<Need> {
+        let m = shape.m as u64;
+        vec![
+            shape.g_whole(limits),
+            Need {
+                buffer: "Gram matrix GGᵀ",
+                shape: format!("{}×{} f32", shape.m, shape.m),
+                piece: 4 * m * m,
+                total: 4 * m * m,
+            },
+        ]
+    }
+
+    fn create<'a, B: Backend + 'a>(_: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+        Ok(Box::new(WoodburySystem::<B> {
+            rows: HeldRows::new(),
+            gram: None,
+            d: DampingDiagonal::new(mlp),
+        }))
+    }
+}
+
+struct WoodburySystem<B: Backend> {
+    rows: HeldRows<B>,
+    /// the m×m Gram matrix and the small system's solution u (its warm start)
+    gram: Option<(B::Matrix, B::Vector)>,
+    d: DampingDiagonal<B>,
+}
+
+impl<B: Backend> Curvature<B> for WoodburySystem<B> {
+    fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
+        self.rows.build(b, at)
+    }
+
+    /// With S = D^{-1/2} and G̃ = G S, `d = S (S g − G̃ᵀ u)` for `(nI + G̃G̃ᵀ) u = G̃ S g`.
+    fn solve(
+        &mut self,
+        b: &B,
+        at: &mut At<'_, B>,
+        damping: f32,
+        g: &B::Vector,
+        d: &mut B::Vector,
+        cg: &CgParams,
+    ) -> Result<CgReport> {
+        let p = b.len(g);
+        let d_host = self.d.host(damping, at.weight_decay);
+        if d_host.iter().any(|v| v.is_nan() || *v <= 0.0) {
+            return Err(Error::InvalidArgument {
+                name: "--damping",
+                reason: "--curvature woodbury needs D = λ + wd (on weights) > 0 everywhere: give --damping > 0".into(),
+            });
+        }
+        let s = b.upload_vector("D^-1/2", &d_host.iter().map(|v| 1.0 / v.sqrt()).collect::<Vec<_>>())?;
+        let s_inv = b.upload_vector("D^1/2", &d_host.iter().map(|v| v.sqrt()).collect::<Vec<_>>())?;
+        let m = self.rows.rows(b);
+        let n = self.rows.n;
+        let offsets = self.rows.offsets(b);
+        for c in self.rows.chunks.iter_mut() {
+            b.scale_columns(c, &s)?;
+        }
+        let (k, u) = match &mut self.gram {
+            Some((k, u)) if b.shape(k).0 == m => (k, u),
+            gram => {
+                let fresh = (
+                    b.zeros_matrix("Gram matrix GGᵀ", m, m)?,
+                    b.zeros_vector("Woodbury u", m)?,
+                );
+                let (k, u) = gram.insert(fresh);
+                (k, u)
+            }
+        };
+        let chunks = &self.rows.chunks;
+        for (ci, &oi) in chunks.iter().zip(&offsets) {
+            for (cj, &oj) in chunks.iter().zip(&offsets) {
+                b.gram_block(k, ci, cj, oi, oj)?;
+            }
+        }
+        // h = S g; r = G̃ h
+        let mut h = b.zeros_vector("S g", p)?;
+        b.scale_add(&s, g, 0.0, &mut h)?;
+        let mut r = b.zeros_vector("G̃ S g", m)?;
+        for (c, &o) in chunks.iter().zip(&offsets) {
+            let rows = b.shape(c).0;
+            let mut part = b.zeros_vector("chunk of G̃ S g", rows)?;
+            b.gemv(c, &h, &mut part)?;
+            b.copy_range(&part, 0, &mut r, o, rows)?;
+        }
+        // the m×m system is the whole point and cheap when m ≪ p: let CG run up to m iterations
+        // (it has as large a condition number as the original, so 50 would leave u far off)
+        let small = CgParams {
+            max_iters: cg.max_iters.max(m),
+            ..*cg
+        };
+        let report = b.cg_solve(k, n as f32, &r, u, &small)?;
+        // h ← h − G̃ᵀu, then d = S h
+        for (c, &o) in chunks.iter().zip(&offsets) {
+            let rows = b.shape(c).0;
+            let mut part = b.zeros_vector("chunk of u", rows)?;
+            b.copy_range(u, o, &mut part, 0, rows)?;
+            b.gemv_t(c, &part, -1.0, true, &mut h)?;
+        }
+        b.scale_add(&s, &h, 0.0, d)?;
+        // back to G, for the trust region's dᵀAd and the next build
+        for c in self.rows.chunks.iter_mut() {
+            b.scale_columns(c, &s_inv)?;
+        }
+        // the small system's report; its residual relative to G̃Sg
+        Ok(report)
+    }
+
+    fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64> {
+        let diag = self.d.get(b, damping, at.weight_decay)?;
+        let mut ad = b.zeros_vector("A d", b.len(d))?;
+        RowsOperator { rows: &self.rows, diag }.apply(b, d, &mut ad)?;
+        b.dot(d, &ad)
+    }
+}

@@ -1,0 +1,58 @@
+//! SGD with momentum: `velocity ← μ·velocity + g; θ ← θ − lr·velocity`.
+
+use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::model::Mlp;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    pub lr: f32,
+    /// μ
+    pub momentum: f32,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self { lr: 0.1, momentum: 0.9 }
+    }
+}
+
+impl SgdConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_lr(self.lr)?;
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(bad("--momentum", format!("{} is not in [0, 1)", self.momentum)));
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        format!("sgd (lr {}, momentum {})", self.lr, self.momentum)
+    }
+}
+
+pub struct Sgd<B: Backend> {
+    config: SgdConfig,
+    velocity: B::Vector,
+}
+
+impl<B: Backend> Sgd<B> {
+    pub fn new(b: &B, config: SgdConfig, mlp: &Mlp) -> Result<Self> {
+        Ok(Self {
+            config,
+            velocity: b.zeros_vector("SGD velocity", mlp.num_params())?,
+        })
+    }
+}
+
+impl<B: Backend> Optimizer<B> for Sgd<B> {
+    fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
+        let SgdConfig { lr, momentum } = self.config;
+        b.sgd_step(step.theta, step.g, &mut self.velocity, lr, momentum)?;
+        Ok(UpdateInfo {
+            step_size: lr,
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! The update loop. [`Trainer`] owns the parameters and optimiser state on a device and takes one
+//! step per batch: upload, forward, loss, gradient, then the optimiser's update (for natural
+//! gradient: curvature → solve → step), with the data on the device throughout the step and only a
+//! few scalars read back. [`run`] drives it over epochs and writes a run directory; [`Summary`] is
+//! what a run reports.
+
+mod run;
+mod summary;
+
+pub use run::{Event, Prepared, RunConfig, default_out, prepare, run};
+pub use summary::{Summary, Validation, config_json};
+
+use crate::backend::Backend;
+use crate::curvature::{CurvatureKind, Limits, Shape, plan};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{Mlp, SampleKey};
+use crate::optim::{self, OptimConfig, Optimizer, OptimizerKind, StepInput, UpdateInfo};
+
+/// Examples per forward pass when evaluating whole sets.
+pub const EVAL_BATCH: usize = 4096;
+
+/// One step's figures on its batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub loss: f64,
+    pub objective: f64,
+    /// Classification only.
+    pub accuracy: Option<f64>,
+    pub grad_norm: f64,
+    pub update: UpdateInfo,
+}
+
+/// Loss, objective and accuracy over a whole set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub objective: f64,
+    pub accuracy: Option<f64>,
+}
+
+/// Mean NLL and accuracy of the model at θ over all of `data`, a few thousand examples per
+/// forward pass (the objective here is the loss: callers add weight decay).
+pub fn evaluate<B: Backend>(b: &B, mlp: &Mlp, theta: &B::Vector, data: &Dataset) -> Result<Evaluation> {
+    let (d, mut nll, mut correct) = (data.d, 0.0, 0.0);
+    for start in (0..data.n).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(data.n);
+        let mut batch = b.upload_batch(mlp, &data.x[start * d..end * d], &data.y[start..end])?;
+        b.forward(mlp, theta, &mut batch)?;
+        let part = b.batch_loss(mlp, &batch)?;
+        nll += part.loss * part.examples as f64;
+        correct += part.accuracy * part.examples as f64;
+    }
+    let loss = nll / data.n as f64;
+    let accuracy = mlp.likelihood().is_classification().then_some(correct / data.n as f64);
+    Ok(Evaluation {
+        loss,
+        objective: loss,
+        accuracy,
+    })
+}
+
+/// Parameters and optimiser state on a device, one step at a time.
+pub struct Trainer<'b, B: Backend> {
+    b: &'b B,
+    mlp: Mlp,
+    config: OptimConfig,
+    theta: B::Vector,
+    /// θ before the last update: parameters whose loss was finite, kept for a diverging run.
+    last_good: B::Vector,
+    g: B::Vector,
+    weight_mask: B::Vector,
+    optimizer: Box<dyn Optimizer<B> + 'b>,
+    /// natural gradient's planned curvature representation, and what the plan said of it
+    curvature: Option<(CurvatureKind, String)>,
+    steps: usize,
+    seed: u32,
+}
+
+/// Examples per step for `--batch batch` (0: the full batch) over a training set of `n`.
+pub fn examples_per_step(batch: usize, n: usize) -> usize {
+    if batch == 0 { n } else { batch.min(n) }
+}
+
+impl<'b, B: Backend> Trainer<'b, B> {
+    /// Starts from `theta0` for batches of `examples` per step; `seed` keys the sampled Fisher's
+    /// draws. Natural gradient's curvature is planned here (`auto` resolved, and every buffer
+    /// checked against the device) before anything is allocated.
+    pub fn new(b: &'b B, mlp: Mlp, theta0: &[f32], config: OptimConfig, examples: usize, seed: u64) -> Result<Self> {
+        config.validate()?;
+        mlp.check_params(theta0.len())?;
+        let curvature = match config.kind {
+            OptimizerKind::Ngd => {
+                let shape = Shape::of(&mlp, examples.max(1), config.ngd.fisher);
+                Some(plan::resolve(config.ngd.curvature, &shape, &Limits::of(b))?)
+            }
+            _ => None,
+        };
+        let kind = curvature.as_ref().map_or(CurvatureKind::Dense, |c| c.0);
+        let p = mlp.num_params();
+        Ok(Self {
+            theta: b.upload_vector("parameters θ", theta0)?,
+            last_good: b.upload_vector("last good θ", theta0)?,
+            g: b.zeros_vector("gradient g", p)?,
+            weight_mask: b.upload_vector("weight mask", &mlp.weight_mask())?,
+            optimizer: optim::create(b, &config, &mlp, kind)?,
+            curvature,
+            b,
+            mlp,
+            config,
+            steps: 0,
+            seed: seed as u32,
+        })
+    }
+
+    /// The curvature representation natural gradient holds (`None` for other optimisers).
+    pub fn curvature(&self) -> Option<CurvatureKind> {
+        self.curvature.as_ref().map(|c| c.0)
+    }
+
+    /// What the memory plan chose for natural gradient, and why.
+    pub fn plan_notice(&self) -> Option<&str> {
+        self.curvature.as_ref().map(|c| c.1.as_str())
+    }
+
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// (wd/2)‖W‖² at the current θ.
+    fn decay_term(&self) -> Result<f64> {
+        if self.config.weight_decay == 0.0 {
+            return Ok(0.0);
+        }
+        let w2 = self.b.weighted_dot(&self.theta, &self.weight_mask, &self.theta)?;
+        Ok(0.5 * self.config.weight_decay as f64 * w2)
+    }
+
+    /// One update on the batch (`x` n × inputs, `y` its targets).
+    pub fn step(&mut self, x: &[f32], y: &[f32]) -> Result<StepStats> {
+        let b = self.b;
+        let step = self.steps + 1;
+        let mut batch = b.upload_batch(&self.mlp, x, y)?;
+        b.forward(&self.mlp, &self.theta, &mut batch)?;
+        let loss = b.batch_loss(&self.mlp, &batch)?;
+        if !loss.loss.is_finite() {
+            return Err(Error::Diverged {
+                what: "loss",
+                value: loss.loss,
+                step,
+                kept: None,
+            });
+        }
+        let objective = loss.loss + self.decay_term()?;
+        b.copy(&self.theta, &mut self.last_good)?;
+        b.gradient(
+            &self.mlp,
+            &self.theta,
+            &mut batch,
+            self.config.weight_decay,
+            &mut self.g,
+        )?;
+        let grad_norm = (b.dot(&self.g, &self.g)?).sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                what: "gradient norm",
+                value: grad_norm,
+                step,
+                kept: None,
+            });
+        }
+        let mut input = StepInput {
+            mlp: &self.mlp,
+            batch: &mut batch,
+            theta: &mut self.theta,
+            g: &self.g,
+            objective,
+            weight_mask: &self.weight_mask,
+            weight_decay: self.config.weight_decay,
+            key: SampleKey {
+                seed: self.seed,
+                step: step as u32,
+            },
+        };
+        let update = self.optimizer.update(b, &mut input)?;
+        self.steps = step;
+        let accuracy = self.mlp.likelihood().is_classification().then_some(loss.accuracy);
+        Ok(StepStats {
+            loss: loss.loss,
+            objective,
+            accuracy,
+            grad_norm,
+            update,
+        })
+    }
+
+    /// Loss, objective and accuracy over all of `data` at the current θ.
+    pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
+        let mut e = evaluate(self.b, &self.mlp, &self.theta, data)?;
+        e.objective += self.decay_term()?;
+        Ok(e)
+    }
+
+    /// The network's outputs for inputs `x` (n × inputs), n × outputs.
+    pub fn predict(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let n = x.len() / self.mlp.inputs().max(1);
+        // zeros are valid targets for every likelihood; only the outputs are used
+        let targets = vec![0.0; n * self.mlp.likelihood().target_width()];
+        let mut batch = self.b.upload_batch(&self.mlp, x, &targets)?;
+        self.b.forward(&self.mlp, &self.theta, &mut batch)?;
+        self.b.outputs(&self.mlp, &batch)
+    }
+
+    /// The current parameters, on the host.
+    pub fn parameters(&self) -> Result<Vec<f32>> {
+        self.b.download_vector(&self.theta)
+    }
+
+    /// The parameters before the last update (finite loss), on the host.
+    pub fn last_good_parameters(&self) -> Result<Vec<f32>> {
+        self.b.download_vector(&self.last_good)
+    }
+}

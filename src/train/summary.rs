@@ -1,0 +1,79 @@
+//! What a run reports when it ends: `summary.json`, typed, written once.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::run::RunConfig;
+use crate::curvature::CurvatureKind;
+use crate::model::{FisherKind, Mlp};
+
+/// The final figures of a run (the command-line contract's `summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub train_loss: f64,
+    pub train_objective: f64,
+    /// Classification only (null for regression).
+    pub train_accuracy: Option<f64>,
+    /// With a validation split only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub val: Option<Validation>,
+    pub steps: usize,
+    pub epochs: usize,
+    /// Training time from the first step, without start-up or the per-epoch evaluations.
+    pub wall_s: f64,
+    pub device: String,
+    pub adapter: String,
+    /// Every setting (see [`config_json`]).
+    pub config: Value,
+    /// With `--profile`: mean milliseconds per step by phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_ms_per_step: Option<BTreeMap<String, f64>>,
+}
+
+/// The validation set's final figures.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Validation {
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+}
+
+/// The settings, as summary.json's "config"; `curvature` is the representation natural gradient
+/// held (what `auto` resolved to).
+pub fn config_json(cfg: &RunConfig, mlp: &Mlp, curvature: Option<CurvatureKind>) -> Value {
+    let o = &cfg.optim;
+    let draws = match o.ngd.fisher {
+        FisherKind::Sampled { draws } => Some(draws),
+        _ => None,
+    };
+    json!({
+        "data": cfg.data,
+        "task": if mlp.likelihood().is_classification() { "classify" } else { "regress" },
+        "hidden": cfg.hidden,
+        "activation": cfg.activation.name(),
+        "likelihood": mlp.likelihood().name(),
+        "parameters": mlp.num_params(),
+        "optimizer": o.kind.name(),
+        "lr": o.lr(),
+        "momentum": o.sgd.momentum,
+        "adam_betas": [o.adam.beta1, o.adam.beta2],
+        "adam_eps": o.adam.eps,
+        "fisher": o.ngd.fisher.name(),
+        "draws": draws,
+        "curvature": curvature.map_or(o.ngd.curvature.name(), |k| k.name()),
+        "damping": o.ngd.damping,
+        "adaptive_damping": o.ngd.adaptive_damping,
+        "kl": o.ngd.kl,
+        "weight_decay": o.weight_decay,
+        "cg_iters": o.ngd.cg.max_iters,
+        "cg_tol": o.ngd.cg.rel_tol,
+        "batch": cfg.batch,
+        "epochs": cfg.epochs,
+        "steps": cfg.steps,
+        "val_split": cfg.val_split,
+        "standardize": cfg.standardize,
+        "sigma": cfg.sigma,
+        "seed": cfg.seed,
+    })
+}
