@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::curvature::{CurvatureChoice, CurvatureKind, scores};
+use crate::device::DeviceInfo;
 use crate::error::Result;
 use crate::model::{Activation, Likelihood, Mlp, MlpSpec};
 use crate::model::{FisherKind, SampleKey};
@@ -46,15 +47,6 @@ pub struct Record {
     pub ms_min: f64,
     pub gflops: Option<f64>,
     pub gbps: Option<f64>,
-}
-
-/// The device a run measured, named for the records.
-#[derive(Clone, Debug)]
-pub struct DeviceInfo {
-    /// "gpu" or "cpu"
-    pub kind: String,
-    pub adapter: String,
-    pub backend: String,
 }
 
 /// How a device's timings were taken, in words.

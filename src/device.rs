@@ -48,6 +48,15 @@ pub fn pick(choice: DeviceChoice, filter: Option<&str>) -> Result<Pick> {
     }
 }
 
+/// The device a run measured, named for the records.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// "gpu" or "cpu"
+    pub kind: String,
+    pub adapter: String,
+    pub backend: String,
+}
+
 /// An opened device of either kind.
 pub enum AnyBackend {
     Gpu(Box<Gpu>),
@@ -78,17 +87,17 @@ impl AnyBackend {
     }
 
     /// How a bench record names the device.
-    pub fn info(&self) -> crate::bench::DeviceInfo {
+    pub fn info(&self) -> DeviceInfo {
         match self {
             AnyBackend::Gpu(g) => {
                 let info = &g.context().info;
-                crate::bench::DeviceInfo {
+                DeviceInfo {
                     kind: "gpu".into(),
                     adapter: info.name.clone(),
                     backend: format!("{:?}", info.backend),
                 }
             }
-            AnyBackend::Cpu(c) => crate::bench::DeviceInfo {
+            AnyBackend::Cpu(c) => DeviceInfo {
                 kind: "cpu".into(),
                 adapter: c.describe(),
                 backend: "cpu".into(),

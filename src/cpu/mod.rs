@@ -1,14 +1,16 @@
 //! The CPU backend: the fast path where there is no GPU (and the twin every GPU kernel is tested
 //! against), plus f64 references in [`reference`].
 
-pub mod blas2;
-pub mod cg;
-pub mod fisher;
-pub mod linalg;
-pub mod matmul;
-pub mod mlp;
-pub mod optim;
+pub(crate) mod blas2;
+pub(crate) mod cg;
+pub(crate) mod fisher;
+pub(crate) mod linalg;
+pub(crate) mod matmul;
+pub(crate) mod mlp;
+pub(crate) mod optim;
 pub mod reference;
+
+pub use mlp::CpuBatch;
 
 use crate::backend::{self, Buffers};
 use crate::error::{Error, Result};

@@ -1,8 +1,9 @@
 //! The Rust twins of the WGSL structs that cross from host to device (uniform parameters, solver
-//! state), declared through [`shader_struct!`] so each knows its kernel, size and field offsets,
-//! and a test that reflects every shader with naga and holds each struct to its twin.
+//! state), declared through `shader_struct!` so that (in tests) each knows its kernel, size and
+//! field offsets, and a test that reflects every shader with naga and holds each struct to its twin.
 
 /// Where a struct's fields sit: what the test compares with the shader's own layout.
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StructLayout {
     /// The kernel (shader file) that declares the WGSL struct.
@@ -14,6 +15,7 @@ pub struct StructLayout {
 }
 
 /// A `#[repr(C)]` Pod struct that mirrors a WGSL struct.
+#[cfg(test)]
 pub trait ShaderStruct: bytemuck::Pod {
     fn layout() -> StructLayout;
 }
@@ -29,6 +31,7 @@ macro_rules! shader_struct {
             $($fvis $field: $ty),*
         }
 
+        #[cfg(test)]
         impl $crate::gpu::layout::ShaderStruct for $name {
             fn layout() -> $crate::gpu::layout::StructLayout {
                 $crate::gpu::layout::StructLayout {
@@ -44,6 +47,7 @@ macro_rules! shader_struct {
 pub(crate) use shader_struct;
 
 /// Every twin: a struct a shader declares for its bindings must be here.
+#[cfg(test)]
 pub fn twins() -> Vec<StructLayout> {
     use super::{blas2, cg, fisher, linalg, matmul, mlp, optim};
     vec![

@@ -3,23 +3,25 @@
 //! Every operation records its dispatches and submits them at once; nothing waits for the GPU
 //! except read-backs, each bounded by the context's timeout.
 
-pub mod blas2;
-pub mod buffer;
-pub mod cg;
+pub(crate) mod blas2;
+pub(crate) mod buffer;
+pub(crate) mod cg;
 pub mod context;
-pub mod fisher;
-pub mod kernel;
-pub mod layout;
-pub mod linalg;
-pub mod matmul;
-pub mod mlp;
-pub mod optim;
+pub(crate) mod fisher;
+pub(crate) mod kernel;
+pub(crate) mod layout;
+pub(crate) mod linalg;
+pub(crate) mod matmul;
+pub(crate) mod mlp;
+pub(crate) mod optim;
+#[doc(hidden)]
 pub mod shader;
-pub mod sizes;
-pub mod timer;
+pub(crate) mod sizes;
+pub(crate) mod timer;
 
 pub use buffer::{GpuMatrix, GpuVector};
 pub use context::GpuContext;
+pub use mlp::GpuBatch;
 
 use crate::backend::{self, Buffers};
 use crate::error::{Error, Result};
