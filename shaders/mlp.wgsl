@@ -47,6 +47,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(8) var<storage, read> act_in: array<f32>;
+@group(0) @binding(9) var<storage, read> seeds: array<f32>;
 
 // Stable forms: the builtin tanh may overflow to NaN for large |x| on some drivers.
 fn stable_tanh(x: f32) -> f32 {
@@ -269,4 +270,29 @@ fn expand_scores(@builtin(global_invocation_id) gid: vec3<u32>) {
         v = delta[row * params.width + t - weights];
     }
     scores[row * params.ld + params.offset + t] = v;
+}
+
+// The output-space Fisher applied to each example's output tangent: with the example's R output
+// seeds s_r (rows e·R + r of `seeds`, as output_seeds writes them), H_e = Σ_r s_r s_rᵀ and
+// delta[e, :] = Σ_r s_r (s_rᵀ act_in[e, :]). One invocation per example (R·width is small).
+@compute @workgroup_size(WG)
+fn seed_product(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if e >= params.rows {
+        return;
+    }
+    let w = params.width;
+    for (var k = 0u; k < w; k++) {
+        delta[e * w + k] = 0.0;
+    }
+    for (var r = 0u; r < params.per_example; r++) {
+        let base = (e * params.per_example + r) * w;
+        var d = 0.0;
+        for (var k = 0u; k < w; k++) {
+            d += seeds[base + k] * act_in[e * w + k];
+        }
+        for (var k = 0u; k < w; k++) {
+            delta[e * w + k] += d * seeds[base + k];
+        }
+    }
 }

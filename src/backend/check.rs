@@ -73,6 +73,40 @@ pub fn check_score_rows(mlp: &Mlp, n: usize, kind: FisherKind, rows: &Range<usiz
     Ok(())
 }
 
+/// Refuses a sampled Fisher of zero draws.
+pub fn check_fisher_kind(kind: FisherKind) -> Result<()> {
+    if let FisherKind::Sampled { draws: 0 } = kind {
+        return Err(Error::InvalidArgument {
+            name: "sampled Fisher draws",
+            reason: "need at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks K-FAC's factors: one pair per layer, `a[l]` (fan_in+1)², `s[l]` fan_out².
+pub fn check_kfac(mlp: &Mlp, a: &[(usize, usize)], s: &[(usize, usize)]) -> Result<()> {
+    let layers = mlp.layers();
+    if a.len() != layers.len() || s.len() != layers.len() {
+        return Err(Error::Shape(format!(
+            "{} and {} Kronecker factors for {} layers",
+            a.len(),
+            s.len(),
+            layers.len()
+        )));
+    }
+    for (l, layer) in layers.iter().enumerate() {
+        let (wa, ws) = (layer.fan_in + 1, layer.fan_out);
+        if a[l] != (wa, wa) || s[l] != (ws, ws) {
+            return Err(Error::Shape(format!(
+                "layer {l}'s Kronecker factors are {:?} and {:?}, not {wa}×{wa} and {ws}×{ws}",
+                a[l], s[l]
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a range of `len` elements from `start` lies inside `total`.
 pub fn check_range(what: &str, start: usize, len: usize, total: usize) -> Result<()> {
     if start.checked_add(len).is_none_or(|end| end > total) {

@@ -238,6 +238,49 @@ pub trait MlpOps: Buffers {
         rows: Range<usize>,
         out: &mut Self::Matrix,
     ) -> Result<()>;
+
+    /// `y = scale · Σ_i J_iᵀ H_i J_i v` at the last forward pass (J_i: the outputs' Jacobian of
+    /// example i, H_i: the output-space Fisher of `kind`), so `scale = 1/n` gives `F v`: one
+    /// forward-mode pass, the output Hessian, one backward pass; neither G nor F is formed.
+    #[allow(clippy::too_many_arguments)]
+    fn fisher_product(
+        &self,
+        mlp: &Mlp,
+        theta: &Self::Vector,
+        batch: &mut Self::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &Self::Vector,
+        scale: f32,
+        y: &mut Self::Vector,
+    ) -> Result<()>;
+
+    /// K-FAC's statistics of the batch at the last forward pass, per layer l: `a[l] = (1/n) Σ ā āᵀ`
+    /// of the layer's inputs with a 1 appended ((fan_in+1)²), and `s[l] = (1/n) Σ_rows δ δᵀ` of
+    /// the output seeds of `kind` back-propagated to its pre-activations (fan_out²).
+    #[allow(clippy::too_many_arguments)]
+    fn kfac_factors(
+        &self,
+        mlp: &Mlp,
+        theta: &Self::Vector,
+        batch: &mut Self::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        a: &mut [Self::Matrix],
+        s: &mut [Self::Matrix],
+    ) -> Result<()>;
+
+    /// Per layer, `Y_l = S_l · X_l · A_l` with `X_l = [W_l | b_l]` the layer's block of x as a
+    /// fan_out × (fan_in+1) matrix, into y: the Kronecker-factored `(A ⊗ S)` applied layer by
+    /// layer (with inverses: K-FAC's step).
+    fn kronecker_product(
+        &self,
+        mlp: &Mlp,
+        s: &[Self::Matrix],
+        a: &[Self::Matrix],
+        x: &Self::Vector,
+        y: &mut Self::Vector,
+    ) -> Result<()>;
 }
 
 /// The elementwise optimiser updates.

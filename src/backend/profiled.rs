@@ -257,6 +257,46 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
             self.inner.score_rows(mlp, theta, batch, kind, key, rows, out)
         })
     }
+
+    fn fisher_product(
+        &self,
+        mlp: &Mlp,
+        theta: &B::Vector,
+        batch: &mut B::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &B::Vector,
+        scale: f32,
+        y: &mut B::Vector,
+    ) -> Result<()> {
+        self.timed(SOLVE, || {
+            self.inner.fisher_product(mlp, theta, batch, kind, key, v, scale, y)
+        })
+    }
+
+    fn kfac_factors(
+        &self,
+        mlp: &Mlp,
+        theta: &B::Vector,
+        batch: &mut B::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        a: &mut [B::Matrix],
+        s: &mut [B::Matrix],
+    ) -> Result<()> {
+        self.timed(FISHER, || self.inner.kfac_factors(mlp, theta, batch, kind, key, a, s))
+    }
+
+    fn kronecker_product(
+        &self,
+        mlp: &Mlp,
+        s: &[B::Matrix],
+        a: &[B::Matrix],
+        x: &B::Vector,
+        y: &mut B::Vector,
+    ) -> Result<()> {
+        self.timed(SOLVE, || self.inner.kronecker_product(mlp, s, a, x, y))
+    }
 }
 
 impl<B: Backend> OptimOps for Profiled<'_, B> {

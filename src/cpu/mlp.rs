@@ -24,6 +24,8 @@ pub struct CpuBatch {
     z: Vec<Vec<f32>>,
     act: Vec<Vec<f32>>,
     delta: Vec<Vec<f32>>,
+    /// the output-space Fisher's factors of the last forward pass, for (kind, key)
+    factors: Option<(FisherKind, SampleKey, Vec<f32>)>,
 }
 
 impl CpuBatch {
@@ -63,12 +65,14 @@ pub fn upload(mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<CpuBatch> {
         z,
         act,
         delta: Vec::new(),
+        factors: None,
     })
 }
 
 pub fn forward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch) -> Result<()> {
     mlp.check_params(theta.len())?;
     mlp.check_widths(&batch.widths)?;
+    batch.factors = None;
     let n = batch.n;
     let last = mlp.layers().len() - 1;
     let activation = mlp.activation();
@@ -128,10 +132,17 @@ pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> Result<BatchLoss> {
 
 /// Fills the last layer's scratch with the output seeds of G rows `rows`.
 fn seeds(mlp: &Mlp, batch: &mut CpuBatch, kind: FisherKind, key: SampleKey, rows: &Range<usize>) {
+    let last = mlp.layers().len() - 1;
+    let mut delta = std::mem::take(&mut batch.delta[last]);
+    write_seeds(mlp, batch, kind, key, rows, &mut delta);
+    batch.delta[last] = delta;
+}
+
+/// The output seeds of G rows `rows` (see `fisher::output_seed`), `rows.len() × outputs` into `out`.
+fn write_seeds(mlp: &Mlp, batch: &CpuBatch, kind: FisherKind, key: SampleKey, rows: &Range<usize>, delta: &mut [f32]) {
     let (out, t) = (mlp.outputs(), mlp.likelihood().target_width());
     let per_example = kind.rows_per_example(mlp.likelihood());
     let last = mlp.layers().len() - 1;
-    let mut delta = std::mem::take(&mut batch.delta[last]);
     let (logits, targets) = (&batch.z[last], &batch.targets);
     delta[..rows.len() * out]
         .par_chunks_mut(out)
@@ -144,7 +155,6 @@ fn seeds(mlp: &Mlp, batch: &mut CpuBatch, kind: FisherKind, key: SampleKey, rows
             let seed = fisher::output_seed(mlp.likelihood(), kind, &z, &y, e as u32, (q % per_example) as u32, key);
             row.iter_mut().zip(seed).for_each(|(d, s)| *d = s as f32);
         });
-    batch.delta[last] = delta;
 }
 
 /// δ_{l−1} = (δ_l W_l) ⊙ σ'(z_{l−1}) for `count` rows, `per_example` rows per example from `row0`.
@@ -180,16 +190,10 @@ fn ensure_deltas(mlp: &Mlp, batch: &mut CpuBatch, rows: usize) {
     }
 }
 
-pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f32, g: &mut [f32]) -> Result<()> {
-    mlp.check_params(theta.len())?;
-    mlp.check_params(g.len())?;
-    mlp.check_widths(&batch.widths)?;
+/// The backward pass from output seeds already in the last layer's scratch (n rows, one per
+/// example): `g`'s weight blocks become `scale·δᵀ·input + β·g`, its biases `scale·Σ δ`.
+fn backward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, scale: f32, beta: f32, g: &mut [f32]) {
     let n = batch.n;
-    ensure_deltas(mlp, batch, n);
-    seeds(mlp, batch, FisherKind::Empirical, SampleKey::default(), &(0..n));
-    // g starts as θ: the weight blocks keep wd·W through β = wd below
-    g.copy_from_slice(theta);
-    let scale = -1.0 / n as f32;
     for (l, layer) in mlp.layers().iter().enumerate().rev() {
         matmul(
             (layer.fan_out, layer.fan_in, n),
@@ -199,7 +203,7 @@ pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f3
             layer.weight,
             layer.fan_in,
             scale,
-            weight_decay,
+            beta,
         );
         let bias = &mut g[layer.bias..layer.bias + layer.fan_out];
         bias.fill(0.0);
@@ -208,6 +212,227 @@ pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f3
         }
         if l > 0 {
             back(mlp, theta, batch, l, n, 1, 0);
+        }
+    }
+}
+
+pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f32, g: &mut [f32]) -> Result<()> {
+    mlp.check_params(theta.len())?;
+    mlp.check_params(g.len())?;
+    mlp.check_widths(&batch.widths)?;
+    let n = batch.n;
+    ensure_deltas(mlp, batch, n);
+    seeds(mlp, batch, FisherKind::Empirical, SampleKey::default(), &(0..n));
+    // g starts as θ: the weight blocks keep wd·W through β = wd below
+    g.copy_from_slice(theta);
+    backward(mlp, theta, batch, -1.0 / n as f32, weight_decay, g);
+    Ok(())
+}
+
+/// The directional derivative of the network's outputs along v (an R-op through every layer):
+/// `J v`, n × outputs. ż_l = ȧ_{l−1} W_lᵀ + a_{l−1} V_lᵀ + v_b, ȧ_l = σ'(z_l) ⊙ ż_l, ȧ_0 = 0.
+fn jvp(mlp: &Mlp, theta: &[f32], batch: &CpuBatch, v: &[f32]) -> Vec<f32> {
+    let n = batch.n;
+    let last = mlp.layers().len() - 1;
+    let mut below: Vec<f32> = Vec::new();
+    for (l, layer) in mlp.layers().iter().enumerate() {
+        let mut t = vec![0.0f32; n * layer.fan_out];
+        let dims = (n, layer.fan_out, layer.fan_in);
+        let input = View::rows(batch.layer_input(l), 0, layer.fan_in);
+        matmul(
+            dims,
+            input,
+            View::transposed(v, layer.weight, layer.fan_in),
+            &mut t,
+            0,
+            layer.fan_out,
+            1.0,
+            0.0,
+        );
+        if l > 0 {
+            let tangent = View::rows(&below, 0, layer.fan_in);
+            matmul(
+                dims,
+                tangent,
+                View::transposed(theta, layer.weight, layer.fan_in),
+                &mut t,
+                0,
+                layer.fan_out,
+                1.0,
+                1.0,
+            );
+        }
+        let bias = &v[layer.bias..layer.bias + layer.fan_out];
+        let (z, activation) = (&batch.z[l], mlp.activation());
+        t.par_chunks_mut(layer.fan_out)
+            .zip(z.par_chunks(layer.fan_out))
+            .for_each(|(row, zr)| {
+                for ((tv, b), zv) in row.iter_mut().zip(bias).zip(zr) {
+                    *tv += b;
+                    if l < last {
+                        *tv *= activation.derivative(*zv as f64) as f32;
+                    }
+                }
+            });
+        below = t;
+    }
+    below
+}
+
+/// The output-space Fisher's factors of every example at the last forward pass, computed once per
+/// forward pass and kind: `R × outputs` seeds per example with `H_i = Σ_r s_ir s_irᵀ`.
+fn output_factors<'b>(mlp: &Mlp, batch: &'b mut CpuBatch, kind: FisherKind, key: SampleKey) -> &'b [f32] {
+    let rows = batch.n * kind.rows_per_example(mlp.likelihood());
+    let fresh = !matches!(&batch.factors, Some((k, s, _)) if *k == kind && *s == key);
+    if fresh {
+        let mut out = vec![0.0f32; rows * mlp.outputs()];
+        write_seeds(mlp, batch, kind, key, &(0..rows), &mut out);
+        batch.factors = Some((kind, key, out));
+    }
+    batch.factors.as_ref().map_or(&[], |f| f.2.as_slice())
+}
+
+/// `y = scale · Σ_i J_iᵀ H_i J_i v`: the Fisher of `kind` (times n·scale) applied to v without G
+/// or F, by one forward-mode pass, the output Hessian, and one backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn fisher_product(
+    mlp: &Mlp,
+    theta: &[f32],
+    batch: &mut CpuBatch,
+    kind: FisherKind,
+    key: SampleKey,
+    v: &[f32],
+    scale: f32,
+    y: &mut [f32],
+) -> Result<()> {
+    mlp.check_params(theta.len())?;
+    mlp.check_params(v.len())?;
+    mlp.check_params(y.len())?;
+    mlp.check_widths(&batch.widths)?;
+    let (n, out) = (batch.n, mlp.outputs());
+    let per_example = kind.rows_per_example(mlp.likelihood());
+    let u = jvp(mlp, theta, batch, v);
+    let factors = output_factors(mlp, batch, kind, key).to_vec();
+    ensure_deltas(mlp, batch, n);
+    let last = mlp.layers().len() - 1;
+    // w_i = H_i u_i = Σ_r s_ir (s_irᵀ u_i)
+    batch.delta[last][..n * out]
+        .par_chunks_mut(out)
+        .zip(u.par_chunks(out))
+        .zip(factors.par_chunks(per_example * out))
+        .for_each(|((w, ui), s)| {
+            w.fill(0.0);
+            for sr in s.chunks_exact(out) {
+                let dot: f32 = sr.iter().zip(ui).map(|(a, b)| a * b).sum();
+                w.iter_mut().zip(sr).for_each(|(wv, sv)| *wv += dot * sv);
+            }
+        });
+    backward(mlp, theta, batch, scale, 0.0, y);
+    Ok(())
+}
+
+/// K-FAC's statistics of the batch at the last forward pass, per layer: `a[l] = (1/n) Σ ā āᵀ` of the
+/// layer's inputs with a 1 appended ((fan_in+1)²), and `s[l] = (1/n) Σ_rows δ δᵀ` of the
+/// back-propagated output seeds of `kind` at its pre-activations (fan_out²).
+#[allow(clippy::too_many_arguments)]
+pub fn kfac_factors(
+    mlp: &Mlp,
+    theta: &[f32],
+    batch: &mut CpuBatch,
+    kind: FisherKind,
+    key: SampleKey,
+    a: &mut [CpuMatrix],
+    s: &mut [CpuMatrix],
+) -> Result<()> {
+    mlp.check_params(theta.len())?;
+    mlp.check_widths(&batch.widths)?;
+    let n = batch.n;
+    let per_example = kind.rows_per_example(mlp.likelihood());
+    let rows = n * per_example;
+    let scale = 1.0 / n as f32;
+    ensure_deltas(mlp, batch, rows);
+    seeds(mlp, batch, kind, key, &(0..rows));
+    for (l, layer) in mlp.layers().iter().enumerate().rev() {
+        let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
+        let (sl, al) = (&mut s[l], &mut a[l]);
+        matmul(
+            (fan_out, fan_out, rows),
+            View::transposed(&batch.delta[l], 0, fan_out),
+            View::rows(&batch.delta[l], 0, fan_out),
+            &mut sl.data,
+            0,
+            fan_out,
+            scale,
+            0.0,
+        );
+        let input = batch.layer_input(l);
+        let width = fan_in + 1;
+        matmul(
+            (fan_in, fan_in, n),
+            View::transposed(input, 0, fan_in),
+            View::rows(input, 0, fan_in),
+            &mut al.data,
+            0,
+            width,
+            scale,
+            0.0,
+        );
+        let mut mean = vec![0.0f32; fan_in];
+        for row in input[..n * fan_in].chunks_exact(fan_in) {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        for (j, m) in mean.iter().enumerate() {
+            al.data[j * width + fan_in] = m * scale;
+            al.data[fan_in * width + j] = m * scale;
+        }
+        al.data[fan_in * width + fan_in] = 1.0;
+        sl.layout = Layout::General;
+        al.layout = Layout::General;
+        if l > 0 {
+            back(mlp, theta, batch, l, rows, per_example, 0);
+        }
+    }
+    Ok(())
+}
+
+/// Per layer, `Y_l = S_l · X_l · A_l` with `X_l = [W_l | b_l]` of x (fan_out × (fan_in+1)), into y's
+/// layer blocks: a Kronecker-factored matrix applied to the parameters.
+pub fn kronecker_product(mlp: &Mlp, s: &[CpuMatrix], a: &[CpuMatrix], x: &[f32], y: &mut [f32]) -> Result<()> {
+    mlp.check_params(x.len())?;
+    mlp.check_params(y.len())?;
+    for (l, layer) in mlp.layers().iter().enumerate() {
+        let (fan_in, fan_out, width) = (layer.fan_in, layer.fan_out, layer.fan_in + 1);
+        let mut block = vec![0.0f32; fan_out * width];
+        for o in 0..fan_out {
+            let w = &x[layer.weight + o * fan_in..layer.weight + (o + 1) * fan_in];
+            block[o * width..o * width + fan_in].copy_from_slice(w);
+            block[o * width + fan_in] = x[layer.bias + o];
+        }
+        let mut t = vec![0.0f32; fan_out * width];
+        matmul(
+            (fan_out, width, width),
+            View::rows(&block, 0, width),
+            View::rows(&a[l].full(), 0, width),
+            &mut t,
+            0,
+            width,
+            1.0,
+            0.0,
+        );
+        matmul(
+            (fan_out, width, fan_out),
+            View::rows(&s[l].full(), 0, fan_out),
+            View::rows(&t, 0, width),
+            &mut block,
+            0,
+            width,
+            1.0,
+            0.0,
+        );
+        for o in 0..fan_out {
+            y[layer.weight + o * fan_in..layer.weight + (o + 1) * fan_in]
+                .copy_from_slice(&block[o * width..o * width + fan_in]);
+            y[layer.bias + o] = block[o * width + fan_in];
         }
     }
     Ok(())
@@ -249,6 +474,10 @@ pub fn score_rows(
     }
     out.layout = Layout::General;
     Ok(())
+}
+
+fn shapes(ms: &[CpuMatrix]) -> Vec<(usize, usize)> {
+    ms.iter().map(|m| (m.rows, m.cols)).collect()
 }
 
 impl MlpOps for Cpu {
@@ -297,5 +526,47 @@ impl MlpOps for Cpu {
     ) -> Result<()> {
         backend::check_score_rows(mlp, batch.len(), kind, &rows, (out.rows, out.cols))?;
         score_rows(mlp, theta, batch, kind, key, rows, out)
+    }
+
+    fn fisher_product(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut CpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &Vec<f32>,
+        scale: f32,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        backend::check_fisher_kind(kind)?;
+        fisher_product(mlp, theta, batch, kind, key, v, scale, y)
+    }
+
+    fn kfac_factors(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut CpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        a: &mut [CpuMatrix],
+        s: &mut [CpuMatrix],
+    ) -> Result<()> {
+        backend::check_fisher_kind(kind)?;
+        backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
+        kfac_factors(mlp, theta, batch, kind, key, a, s)
+    }
+
+    fn kronecker_product(
+        &self,
+        mlp: &Mlp,
+        s: &[CpuMatrix],
+        a: &[CpuMatrix],
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
+        kronecker_product(mlp, s, a, x, y)
     }
 }

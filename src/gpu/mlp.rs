@@ -55,6 +55,11 @@ pub struct GpuBatch {
     ones: wgpu::Buffer,
     /// bound where a kernel's unused output must still be bound
     dummy: wgpu::Buffer,
+    /// the output-space Fisher's factors (R seeds per example) of the last forward pass, for
+    /// (kind, key)
+    factors: Option<(FisherKind, SampleKey, wgpu::Buffer)>,
+    /// forward-mode tangents per layer (n × fan_out), made on first use
+    tangent: Vec<wgpu::Buffer>,
 }
 
 pub struct MlpKernels {
@@ -64,6 +69,17 @@ pub struct MlpKernels {
     output_seeds: wgpu::ComputePipeline,
     batch_loss: wgpu::ComputePipeline,
     expand_scores: wgpu::ComputePipeline,
+    seed_product: wgpu::ComputePipeline,
+}
+
+/// One element of a buffer broadcast to a matrix of any shape.
+fn broadcast(buffer: &wgpu::Buffer, offset: usize) -> View<'_> {
+    View {
+        buffer,
+        offset,
+        row_stride: 0,
+        col_stride: 0,
+    }
 }
 
 fn f32_buffer(ctx: &GpuContext, what: &'static str, len: usize) -> Result<wgpu::Buffer> {
@@ -88,6 +104,7 @@ impl MlpKernels {
             output_seeds: p("output_seeds")?,
             batch_loss: p("batch_loss")?,
             expand_scores: p("expand_scores")?,
+            seed_product: p("seed_product")?,
         })
     }
 
@@ -118,6 +135,8 @@ impl MlpKernels {
             delta_rows: 0,
             ones: batch_buffer("ones", &[1.0])?,
             dummy: f32_buffer(ctx, "unused output", 1)?,
+            factors: None,
+            tangent: Vec::new(),
         })
     }
 
@@ -161,6 +180,7 @@ impl MlpKernels {
     pub fn forward(&self, ctx: &GpuContext, mlp: &Mlp, theta: &GpuVector, batch: &mut GpuBatch) -> Result<()> {
         mlp.check_params(theta.len)?;
         mlp.check_widths(&batch.widths)?;
+        batch.factors = None;
         let n = batch.n;
         let last = mlp.layers().len() - 1;
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -270,6 +290,7 @@ impl MlpKernels {
         key: SampleKey,
         row0: usize,
         rows: usize,
+        out: &wgpu::Buffer,
     ) -> Result<()> {
         let last = mlp.layers().len() - 1;
         let params = Params {
@@ -286,7 +307,7 @@ impl MlpKernels {
             key1: key.step,
             ..Self::base_params(mlp)
         };
-        let buffers = [(1, &batch.z[last]), (4, &batch.targets), (5, &batch.delta[last])];
+        let buffers = [(1, &batch.z[last]), (4, &batch.targets), (5, out)];
         self.dispatch(ctx, pass, &self.output_seeds, &params, &buffers, groups_for(rows)?);
         Ok(())
     }
@@ -364,37 +385,299 @@ impl MlpKernels {
                 SampleKey::default(),
                 0,
                 n,
+                &batch.delta[mlp.layers().len() - 1],
             )?;
-            let scale = -1.0 / n as f32;
+            self.record_backward(ctx, &mut pass, mlp, theta, batch, -1.0 / n as f32, weight_decay, g)?;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+
+    /// Records the backward pass from output seeds already in the last layer's scratch (n rows,
+    /// one per example): `g`'s weight blocks become `scale·δᵀ·input + β·g`, its biases `scale·Σ δ`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_backward(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &GpuBatch,
+        scale: f32,
+        beta: f32,
+        g: &GpuVector,
+    ) -> Result<()> {
+        let n = batch.n;
+        for (l, layer) in mlp.layers().iter().enumerate().rev() {
+            self.matmul.record(
+                ctx,
+                pass,
+                (layer.fan_out, layer.fan_in, n),
+                View::transposed(&batch.delta[l], 0, layer.fan_out),
+                View::rows(Self::layer_input(batch, l), 0, layer.fan_in),
+                View::rows(&g.buffer, layer.weight, layer.fan_in),
+                scale,
+                beta,
+            )?;
+            self.matmul.record(
+                ctx,
+                pass,
+                (layer.fan_out, 1, n),
+                View::transposed(&batch.delta[l], 0, layer.fan_out),
+                broadcast(&batch.ones, 0),
+                View::rows(&g.buffer, layer.bias, 1),
+                scale,
+                0.0,
+            )?;
+            if l > 0 {
+                self.record_back(ctx, pass, mlp, theta, batch, l, n, 1, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the batch's output factors for (kind, key) if the last forward pass has none.
+    fn ensure_factors(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+    ) -> Result<()> {
+        if matches!(&batch.factors, Some((k, s, _)) if *k == kind && *s == key) {
+            return Ok(());
+        }
+        let rows = batch.n * kind.rows_per_example(mlp.likelihood());
+        let buffer = f32_buffer(ctx, "output-space Fisher factors", rows * mlp.outputs())?;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &buffer)?;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        batch.factors = Some((kind, key, buffer));
+        ctx.check_fault()
+    }
+
+    /// `y = scale · Σ_i J_iᵀ H_i J_i v`: a forward-mode pass along v (ż_l = ȧ_{l−1}W_lᵀ +
+    /// a_{l−1}V_lᵀ + v_b, ȧ_l = σ'(z_l) ⊙ ż_l), the output-space Fisher, and a backward pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fisher_product(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+        scale: f32,
+        y: &GpuVector,
+    ) -> Result<()> {
+        for len in [theta.len, v.len, y.len] {
+            mlp.check_params(len)?;
+        }
+        mlp.check_widths(&batch.widths)?;
+        let n = batch.n;
+        self.ensure_factors(ctx, mlp, batch, kind, key)?;
+        Self::ensure_deltas(ctx, mlp, batch, n)?;
+        if batch.tangent.is_empty() {
+            batch.tangent = mlp
+                .layers()
+                .iter()
+                .map(|l| f32_buffer(ctx, "forward-mode tangents", n * l.fan_out))
+                .collect::<Result<_>>()?;
+        }
+        let batch = &*batch;
+        let last = mlp.layers().len() - 1;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for (l, layer) in mlp.layers().iter().enumerate() {
+                let dims = (n, layer.fan_out, layer.fan_in);
+                let t = View::rows(&batch.tangent[l], 0, layer.fan_out);
+                let input = View::rows(Self::layer_input(batch, l), 0, layer.fan_in);
+                let v_weight = View::transposed(&v.buffer, layer.weight, layer.fan_in);
+                self.matmul.record(ctx, &mut pass, dims, input, v_weight, t, 1.0, 0.0)?;
+                if l > 0 {
+                    let below = View::rows(&batch.tangent[l - 1], 0, layer.fan_in);
+                    let weight = View::transposed(&theta.buffer, layer.weight, layer.fan_in);
+                    self.matmul.record(ctx, &mut pass, dims, below, weight, t, 1.0, 1.0)?;
+                }
+                let groups = groups_for(n * layer.fan_out)?;
+                let params = Params {
+                    rows: n as u32,
+                    width: layer.fan_out as u32,
+                    offset: layer.bias as u32,
+                    apply: 0,
+                    ..Self::base_params(mlp)
+                };
+                // + v_b: bias_act without the activation, v bound as θ
+                let buffers = [(1, &batch.tangent[l]), (2, &batch.dummy), (3, &v.buffer)];
+                self.dispatch(ctx, &mut pass, &self.bias_act, &params, &buffers, groups);
+                if l < last {
+                    let buffers = [(1, &batch.z[l]), (5, &batch.tangent[l])];
+                    self.dispatch(ctx, &mut pass, &self.act_grad_mul, &params, &buffers, groups);
+                }
+            }
+            let params = Params {
+                rows: n as u32,
+                width: mlp.outputs() as u32,
+                per_example: kind.rows_per_example(mlp.likelihood()) as u32,
+                ..Self::base_params(mlp)
+            };
+            let factors = batch.factors.as_ref().map(|f| &f.2).unwrap_or(&batch.dummy);
+            let buffers = [(5, &batch.delta[last]), (8, &batch.tangent[last]), (9, factors)];
+            self.dispatch(ctx, &mut pass, &self.seed_product, &params, &buffers, groups_for(n)?);
+            self.record_backward(ctx, &mut pass, mlp, theta, batch, scale, 0.0, y)?;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+
+    /// K-FAC's statistics (see [`MlpOps::kfac_factors`]): `s[l] = (1/n) δᵀδ` over the back-propagated
+    /// seed rows, `a[l] = (1/n) āᵀā` bordered by the inputs' means and a 1, all on the matmul kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kfac_factors(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        a: &[GpuMatrix],
+        s: &[GpuMatrix],
+    ) -> Result<()> {
+        mlp.check_params(theta.len)?;
+        mlp.check_widths(&batch.widths)?;
+        let n = batch.n;
+        let per_example = kind.rows_per_example(mlp.likelihood());
+        let rows = n * per_example;
+        Self::ensure_deltas(ctx, mlp, batch, rows)?;
+        let batch = &*batch;
+        let scale = 1.0 / n as f32;
+        let last = mlp.layers().len() - 1;
+        let ones = || broadcast(&batch.ones, 0);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &batch.delta[last])?;
             for (l, layer) in mlp.layers().iter().enumerate().rev() {
-                // g_W = −(1/n) δᵀ·input + wd·W;  g_b = −(1/n) δᵀ·1
+                let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
+                let delta = &batch.delta[l];
                 self.matmul.record(
                     ctx,
                     &mut pass,
-                    (layer.fan_out, layer.fan_in, n),
-                    View::transposed(&batch.delta[l], 0, layer.fan_out),
-                    View::rows(Self::layer_input(batch, l), 0, layer.fan_in),
-                    View::rows(&g.buffer, layer.weight, layer.fan_in),
-                    scale,
-                    weight_decay,
-                )?;
-                self.matmul.record(
-                    ctx,
-                    &mut pass,
-                    (layer.fan_out, 1, n),
-                    View::transposed(&batch.delta[l], 0, layer.fan_out),
-                    View {
-                        buffer: &batch.ones,
-                        offset: 0,
-                        row_stride: 0,
-                        col_stride: 0,
-                    },
-                    View::rows(&g.buffer, layer.bias, 1),
+                    (fan_out, fan_out, rows),
+                    View::transposed(delta, 0, fan_out),
+                    View::rows(delta, 0, fan_out),
+                    View::rows(&s[l].buffer, 0, s[l].ld()),
                     scale,
                     0.0,
                 )?;
+                let input = Self::layer_input(batch, l);
+                let (abuf, ld) = (&a[l].buffer, a[l].ld());
+                let products = [
+                    // āᵀā's inputs block, its last column and row (the means), and its corner
+                    (
+                        (fan_in, fan_in, n),
+                        View::transposed(input, 0, fan_in),
+                        View::rows(input, 0, fan_in),
+                        0,
+                    ),
+                    ((fan_in, 1, n), View::transposed(input, 0, fan_in), ones(), fan_in),
+                    ((1, fan_in, n), ones(), View::rows(input, 0, fan_in), fan_in * ld),
+                    ((1, 1, n), ones(), ones(), fan_in * ld + fan_in),
+                ];
+                for (dims, left, right, offset) in products {
+                    self.matmul.record(
+                        ctx,
+                        &mut pass,
+                        dims,
+                        left,
+                        right,
+                        View::rows(abuf, offset, ld),
+                        scale,
+                        0.0,
+                    )?;
+                }
                 if l > 0 {
-                    self.record_back(ctx, &mut pass, mlp, theta, batch, l, n, 1, 0)?;
+                    self.record_back(ctx, &mut pass, mlp, theta, batch, l, rows, per_example, 0)?;
+                }
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+
+    /// Per layer `Y = S·[X_W | X_b]·A` on the matmul kernel, through a scratch vector for X·A.
+    pub fn kronecker_product(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        s: &[GpuMatrix],
+        a: &[GpuMatrix],
+        x: &GpuVector,
+        y: &GpuVector,
+    ) -> Result<()> {
+        mlp.check_params(x.len)?;
+        mlp.check_params(y.len)?;
+        let tmp = f32_buffer(ctx, "Kronecker product scratch", mlp.num_params())?;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for (l, layer) in mlp.layers().iter().enumerate() {
+                let (fi, fo, w, b) = (layer.fan_in, layer.fan_out, layer.weight, layer.bias);
+                let (abuf, lda) = (&a[l].buffer, a[l].ld());
+                let x_w = View::rows(&x.buffer, w, fi);
+                // the bias as a column, broadcast along its one column
+                let x_b = View {
+                    buffer: &x.buffer,
+                    offset: b,
+                    row_stride: 1,
+                    col_stride: 0,
+                };
+                let a_block = View::rows(abuf, 0, lda);
+                let a_last_row = View {
+                    buffer: abuf,
+                    offset: fi * lda,
+                    row_stride: 0,
+                    col_stride: 1,
+                };
+                let a_last_col = View {
+                    buffer: abuf,
+                    offset: fi,
+                    row_stride: lda,
+                    col_stride: 0,
+                };
+                let a_corner = broadcast(abuf, fi * lda + fi);
+                let (t_w, t_b) = (View::rows(&tmp, w, fi), View::rows(&tmp, b, 1));
+                let products = [
+                    // T_W = X_W·A₁₁ + X_b·A₂₁;  T_b = X_W·A₁₂ + X_b·A₂₂
+                    ((fo, fi, fi), x_w, a_block, t_w, 0.0),
+                    ((fo, fi, 1), x_b, a_last_row, t_w, 1.0),
+                    ((fo, 1, fi), x_w, a_last_col, t_b, 0.0),
+                    ((fo, 1, 1), x_b, a_corner, t_b, 1.0),
+                    // Y = S·T
+                    (
+                        (fo, fi, fo),
+                        View::rows(&s[l].buffer, 0, s[l].ld()),
+                        t_w,
+                        View::rows(&y.buffer, w, fi),
+                        0.0,
+                    ),
+                    (
+                        (fo, 1, fo),
+                        View::rows(&s[l].buffer, 0, s[l].ld()),
+                        t_b,
+                        View::rows(&y.buffer, b, 1),
+                        0.0,
+                    ),
+                ];
+                for (dims, left, right, out, beta) in products {
+                    self.matmul.record(ctx, &mut pass, dims, left, right, out, 1.0, beta)?;
                 }
             }
         }
@@ -429,7 +712,18 @@ impl MlpKernels {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, rows.start, count)?;
+            let last = mlp.layers().len() - 1;
+            self.record_seeds(
+                ctx,
+                &mut pass,
+                mlp,
+                batch,
+                kind,
+                key,
+                rows.start,
+                count,
+                &batch.delta[last],
+            )?;
             for (l, layer) in mlp.layers().iter().enumerate().rev() {
                 let params = Params {
                     rows: count as u32,
@@ -514,4 +808,51 @@ impl MlpOps for Gpu {
         backend::check_score_rows(mlp, self.batch_size(batch), kind, &rows, (out.rows, out.cols))?;
         self.mlp.score_rows(&self.ctx, mlp, theta, batch, kind, key, rows, out)
     }
+
+    fn fisher_product(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+        scale: f32,
+        y: &mut GpuVector,
+    ) -> Result<()> {
+        backend::check_fisher_kind(kind)?;
+        self.mlp
+            .fisher_product(&self.ctx, mlp, theta, batch, kind, key, v, scale, y)
+    }
+
+    fn kfac_factors(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        a: &mut [GpuMatrix],
+        s: &mut [GpuMatrix],
+    ) -> Result<()> {
+        backend::check_fisher_kind(kind)?;
+        backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
+        self.mlp.kfac_factors(&self.ctx, mlp, theta, batch, kind, key, a, s)
+    }
+
+    fn kronecker_product(
+        &self,
+        mlp: &Mlp,
+        s: &[GpuMatrix],
+        a: &[GpuMatrix],
+        x: &GpuVector,
+        y: &mut GpuVector,
+    ) -> Result<()> {
+        backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
+        self.mlp.kronecker_product(&self.ctx, mlp, s, a, x, y)
+    }
+}
+
+fn shapes(ms: &[GpuMatrix]) -> Vec<(usize, usize)> {
+    ms.iter().map(|m| (m.rows, m.cols)).collect()
 }
