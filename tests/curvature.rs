@@ -48,7 +48,7 @@ fn solve_with<B: Backend>(
     let mut batch = b.upload_batch(mlp, xs, ys).unwrap();
     let th = b.upload_vector("θ", theta).unwrap();
     b.forward(mlp, &th, &mut batch).unwrap();
-    let mut c = kind.create(b, mlp).unwrap();
+    let mut c = kind.create(b, mlp, &Default::default()).unwrap();
     let mut at = At {
         mlp,
         theta: &th,
@@ -135,7 +135,7 @@ fn woodbury_refuses_a_singular_d() {
     let mut b = cpu.upload_batch(&mlp, &xs, &ys).unwrap();
     let th = cpu.upload_vector("θ", &mlp.init(0)).unwrap();
     cpu.forward(&mlp, &th, &mut b).unwrap();
-    let mut c = CurvatureKind::Woodbury.create(&cpu, &mlp).unwrap();
+    let mut c = CurvatureKind::Woodbury.create(&cpu, &mlp, &Default::default()).unwrap();
     let mut at = At {
         mlp: &mlp,
         theta: &th,
@@ -268,17 +268,25 @@ fn curvature_primitives_match_f64_on_both_devices() {
 
 #[test]
 fn the_memory_plan_refuses_with_the_buffer_the_limit_and_a_fitting_representation() {
-    let blocks = vec![200_960, 65_792, 2_570];
-    let p: usize = blocks.iter().sum();
-    let shape = |p, m, blocks: &[usize]| Shape {
-        p,
-        m,
-        blocks: blocks.to_vec(),
+    let model = |inputs, hidden: Vec<usize>, likelihood| {
+        Mlp::new(MlpSpec {
+            inputs,
+            hidden,
+            activation: Activation::Relu,
+            likelihood,
+        })
+        .unwrap()
     };
     let limits = |max_buffer, memory| Limits { max_buffer, memory };
-    let choose = |s: &Shape, l: &Limits| plan::choose(s, l).0;
+    let cadence = plan::Cadence {
+        cg_iters: 50,
+        inverse_every: 10,
+    };
+    let choose = |s: &Shape, l: &Limits| plan::choose(s, l, cadence).0;
     // the 784-256-256-10 MLP with 200 score rows, on a device of 128 MiB buffers and 8 GiB
-    let (mlp_784, device) = (shape(p, 200, &blocks), limits(128 << 20, 8 << 30));
+    let big = model(784, vec![256, 256], Likelihood::Categorical { classes: 10 });
+    let p = big.num_params();
+    let (mlp_784, device) = (Shape::of(&big, 200, FisherKind::Empirical), limits(128 << 20, 8 << 30));
     let e = plan::check_fits(CurvatureKind::Dense, &mlp_784, &device)
         .unwrap_err()
         .to_string();
@@ -287,18 +295,27 @@ fn the_memory_plan_refuses_with_the_buffer_the_limit_and_a_fitting_representatio
         "{e}"
     );
     assert!(
-        e.contains("--curvature implicit or woodbury or diagonal would fit"),
+        e.contains("--curvature implicit or woodbury or diagonal or kfac would fit"),
         "{e}"
     );
     assert!(plan::check_fits(CurvatureKind::Woodbury, &mlp_784, &device).is_ok());
-    assert_eq!(choose(&mlp_784, &device), CurvatureKind::Woodbury);
-    // more score rows than parameters, G fits, the dense F (1.6 GB) is past auto's size: implicit
+    // every exact step costs far more than K-FAC's here
+    assert_eq!(choose(&mlp_784, &device), CurvatureKind::Kfac);
+    // a logistic regression: the dense Fisher of 4 parameters is as cheap as anything, and exact
+    let logistic = model(3, vec![], Likelihood::Bernoulli);
     assert_eq!(
-        choose(&shape(20_000, 30_000, &[20_000]), &limits(2 << 30, 64 << 30)),
-        CurvatureKind::Implicit
+        choose(&Shape::of(&logistic, 200, FisherKind::Exact), &device),
+        CurvatureKind::Dense
     );
-    assert_eq!(choose(&shape(2410, 2000, &[2080, 330]), &device), CurvatureKind::Dense);
-    assert_eq!(choose(&shape(p, 200_000, &blocks), &device), CurvatureKind::Diagonal);
+    // 12 MB of memory: the vectors (8.6 MB) and one row of G fit, K-FAC's factors do not
+    assert_eq!(
+        choose(&mlp_784, &limits(1_200_000, 12_000_000)),
+        CurvatureKind::Diagonal
+    );
+    // the cost model ranks the representations as their work does
+    let flops = |k| plan::step_flops(k, &mlp_784, cadence);
+    assert!(flops(CurvatureKind::Kfac) < flops(CurvatureKind::Implicit));
+    assert!(flops(CurvatureKind::Implicit) < flops(CurvatureKind::Dense));
 }
 
 #[test]

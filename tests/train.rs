@@ -15,13 +15,16 @@ use natgrad::optim::{NgdConfig, OptimConfig, OptimizerKind};
 use natgrad::prelude::*;
 use natgrad::train::{self, RunConfig, Trainer};
 
+/// `kind` at `lr` with natural gradient on the dense exact Fisher: these tests are about the
+/// exact natural gradient, whatever `auto` would pick.
 fn optim(kind: OptimizerKind, lr: f32) -> OptimConfig {
-    OptimConfig::new(kind, lr)
+    let mut config = OptimConfig::new(kind, lr);
+    config.ngd.curvature = CurvatureChoice::Kind(CurvatureKind::Dense);
+    config
 }
 
 fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -> RunConfig {
-    let mut optim = optim(kind, lr);
-    optim.ngd.curvature = CurvatureChoice::Kind(CurvatureKind::Dense);
+    let optim = optim(kind, lr);
     RunConfig {
         data: data.into(),
         task: TaskChoice::Auto,
@@ -115,6 +118,7 @@ fn newton_like(fisher: FisherKind, steps: usize) -> Vec<f64> {
             rel_tol: 1e-7,
         },
         curvature: CurvatureChoice::Kind(CurvatureKind::Dense),
+        ..NgdConfig::default()
     };
     let cpu = Cpu::new();
     let mut trainer = Trainer::new(&cpu, mlp, &[0.0; 4], config, data.n, 0).unwrap();

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use natgrad::CgParams;
-use natgrad::curvature::CurvatureChoice;
+use natgrad::curvature::{CurvatureChoice, CurvatureSettings, KfacSettings, PreconditionerKind};
 use natgrad::data::TaskChoice;
 use natgrad::device::DeviceChoice;
 use natgrad::model::{Activation, FisherKind};
@@ -226,12 +226,28 @@ pub struct TrainArgs {
     /// Labels drawn per example for --fisher sampled.
     #[arg(long, default_value_t = 1)]
     pub draws: u32,
-    /// How natural gradient holds the curvature: dense (the p×p Fisher), implicit (F applied
-    /// through the score rows G, never formed), woodbury (an m×m system for m score rows < p
-    /// parameters), block (one dense block per layer), diagonal (mean squared scores), or auto
-    /// (dense while it is small, else woodbury or implicit by memory and m versus p).
+    /// How natural gradient holds the curvature: dense (the p×p Fisher), implicit (the exact F
+    /// applied matrix-free inside preconditioned CG), woodbury (an m×m system for m score rows <
+    /// p parameters), block (one dense block per layer), diagonal (mean squared scores), kfac
+    /// (Kronecker-factored per layer), or auto (by the memory plan and a cost model).
     #[arg(long, value_enum, default_value_t = NgdConfig::default().curvature)]
     pub curvature: CurvatureChoice,
+    /// Steps between rebuilds of the curvature (K-FAC: of its statistics); the last one is reused
+    /// between them. Matrix-free products are always of the current batch.
+    #[arg(long, default_value_t = NgdConfig::default().curvature_every)]
+    pub curvature_every: usize,
+    /// K-FAC: steps between refreshes of the factors' inverses (eigendecompositions).
+    #[arg(long, default_value_t = NgdConfig::default().settings.kfac.inverse_every)]
+    pub inverse_every: usize,
+    /// K-FAC: weight of the old factors in their moving average.
+    #[arg(long, default_value_t = NgdConfig::default().settings.kfac.decay)]
+    pub kfac_decay: f32,
+    /// Preconditioner of matrix-free CG (--curvature implicit): K-FAC's factors, or none.
+    #[arg(long, value_enum, default_value_t = NgdConfig::default().settings.preconditioner)]
+    pub preconditioner: PreconditionerKind,
+    /// CG starts from this multiple of the last step's direction (0: from zero).
+    #[arg(long, default_value_t = NgdConfig::default().warm_start)]
+    pub warm_start: f32,
     /// Damping λ in (F + λI) d = g (the starting value with --adaptive-damping).
     #[arg(long, default_value_t = NgdConfig::default().damping)]
     pub damping: f32,
@@ -302,6 +318,15 @@ impl TrainArgs {
                     rel_tol: self.cg_tol,
                 },
                 curvature: self.curvature,
+                settings: CurvatureSettings {
+                    kfac: KfacSettings {
+                        decay: self.kfac_decay,
+                        inverse_every: self.inverse_every,
+                    },
+                    preconditioner: self.preconditioner,
+                },
+                curvature_every: self.curvature_every,
+                warm_start: self.warm_start,
                 ..NgdConfig::default()
             },
             sgd: SgdConfig {

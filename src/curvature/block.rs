@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::{At, Curvature, Limits, Need, Representation, Shape, scores};
+use super::{At, Curvature, CurvatureSettings, Limits, Need, Representation, Shape, scores};
 use crate::backend::{Backend, CgOutcome, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
@@ -32,7 +32,7 @@ impl Representation for Block {
         ]
     }
 
-    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp, _: &CurvatureSettings) -> Result<Box<dyn Curvature<B> + 'a>> {
         let layers: Vec<Range<usize>> = mlp.layers().iter().map(|l| l.weight..l.weight + l.len()).collect();
         let fs = layers
             .iter()

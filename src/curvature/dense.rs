@@ -1,7 +1,7 @@
 //! `dense`: the Fisher itself, p×p, built from G chunk by chunk and solved by the device's dense
 //! CG (fused on the GPU). Weight decay enters F's diagonal at the build.
 
-use super::{At, Curvature, Limits, Need, Representation, Shape, scores};
+use super::{At, Curvature, CurvatureSettings, Limits, Need, Representation, Shape, scores};
 use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
@@ -24,7 +24,7 @@ impl Representation for Dense {
         ]
     }
 
-    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp, _: &CurvatureSettings) -> Result<Box<dyn Curvature<B> + 'a>> {
         let p = mlp.num_params();
         Ok(Box::new(DenseFisher::<B> {
             f: b.zeros_matrix("Fisher matrix F", p, p)?,

@@ -1,7 +1,7 @@
 //! `diagonal`: the mean of the squared scores, the Adam-like approximation; `d = g ⊘ (diag + D)`
 //! with D = λ + wd on weights, no iteration.
 
-use super::{At, Curvature, DampingDiagonal, Limits, Need, Representation, Shape, scores};
+use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Representation, Shape, scores};
 use crate::backend::{Backend, CgOutcome, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
@@ -15,7 +15,7 @@ impl Representation for Diagonal {
         vec![shape.g_chunk(limits)]
     }
 
-    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp, _: &CurvatureSettings) -> Result<Box<dyn Curvature<B> + 'a>> {
         Ok(Box::new(FisherDiagonal::<B> {
             diag: b.zeros_vector("Fisher diagonal", mlp.num_params())?,
             d: DampingDiagonal::new(mlp),

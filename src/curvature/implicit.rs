@@ -1,38 +1,62 @@
-//! `implicit`: only the score rows G (m×p) are held; `Av = Gᵀ(Gv)/n + Dv` (two passes over G a
-//! CG iteration) with D = λ + wd on weights, F never formed.
+//! `implicit`: the exact Fisher applied matrix-free, `Av = (1/n) Σ J_iᵀ H_i J_i v + Dv` (one
+//! forward-mode and one backward pass over the batch per CG iteration, D = λ + wd on weights),
+//! solved by conjugate gradient preconditioned with K-FAC's factors (or not at all). Neither G nor
+//! F is formed: memory O(batch × layer widths).
 
-use super::rows::{HeldRows, RowsOperator};
-use super::{At, Curvature, DampingDiagonal, Limits, Need, Representation, Shape};
+use super::factors::KroneckerFactors;
+use super::{
+    At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, PreconditionerKind, Representation, Shape,
+};
 use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
-use crate::solve::{self, Operator};
+use crate::solve::{self, Operator, Preconditioner};
 
 pub struct Implicit;
 
 impl Representation for Implicit {
     const NAME: &'static str = "implicit";
 
-    fn needs(shape: &Shape, limits: &Limits) -> Vec<Need> {
-        vec![shape.g_whole(limits)]
+    fn needs(shape: &Shape, _: &Limits) -> Vec<Need> {
+        let (piece, total) = KroneckerFactors::<crate::cpu::Cpu>::device_bytes(&shape.layers);
+        vec![
+            shape.pass_scratch(),
+            Need {
+                buffer: "K-FAC preconditioner factors",
+                shape: format!("{} layers", shape.layers.len()),
+                piece,
+                total,
+            },
+        ]
     }
 
-    fn create<'a, B: Backend + 'a>(_: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
-        Ok(Box::new(ImplicitFisher::<B> {
-            rows: HeldRows::new(),
+    fn create<'a, B: Backend + 'a>(
+        b: &B,
+        mlp: &Mlp,
+        settings: &CurvatureSettings,
+    ) -> Result<Box<dyn Curvature<B> + 'a>> {
+        let preconditioner = match settings.preconditioner {
+            PreconditionerKind::Kfac => Some(KroneckerFactors::new(b, mlp, settings.kfac)?),
+            PreconditionerKind::None => None,
+        };
+        Ok(Box::new(MatrixFree::<B> {
             d: DampingDiagonal::new(mlp),
+            preconditioner,
         }))
     }
 }
 
-struct ImplicitFisher<B: Backend> {
-    rows: HeldRows<B>,
+struct MatrixFree<B: Backend> {
     d: DampingDiagonal<B>,
+    preconditioner: Option<KroneckerFactors<B>>,
 }
 
-impl<B: Backend> Curvature<B> for ImplicitFisher<B> {
+impl<B: Backend> Curvature<B> for MatrixFree<B> {
     fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
-        self.rows.build(b, at)
+        match &mut self.preconditioner {
+            Some(factors) => factors.update(b, at),
+            None => Ok(()),
+        }
     }
 
     fn solve(
@@ -44,15 +68,59 @@ impl<B: Backend> Curvature<B> for ImplicitFisher<B> {
         d: &mut B::Vector,
         cg: &CgParams,
     ) -> Result<CgReport> {
+        let gamma = damping + at.weight_decay;
         let diag = self.d.get(b, damping, at.weight_decay)?;
-        let mut op = RowsOperator { rows: &self.rows, diag };
-        solve::cg(b, &mut op, None, g, d, cg)
+        let mut op = FisherOperator { at, diag };
+        match &mut self.preconditioner {
+            Some(factors) => {
+                factors.prepare(b, gamma)?;
+                let mut m = KfacPreconditioner {
+                    factors,
+                    mlp: op.at.mlp,
+                };
+                solve::cg(b, &mut op, Some(&mut m), g, d, cg)
+            }
+            None => solve::cg(b, &mut op, None, g, d, cg),
+        }
     }
 
     fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64> {
         let diag = self.d.get(b, damping, at.weight_decay)?;
-        let mut ad = b.zeros_vector("A d", b.len(d))?;
-        RowsOperator { rows: &self.rows, diag }.apply(b, d, &mut ad)?;
-        b.dot(d, &ad)
+        quad(b, at, diag, d)
+    }
+}
+
+/// `dᵀ(F + D)d` with one matrix-free product: the trust region's measure for every representation
+/// that does not hold F.
+pub(crate) fn quad<B: Backend>(b: &B, at: &mut At<'_, B>, diag: &B::Vector, d: &B::Vector) -> Result<f64> {
+    let mut ad = b.zeros_vector("A d", b.len(d))?;
+    FisherOperator { at, diag }.apply(b, d, &mut ad)?;
+    b.dot(d, &ad)
+}
+
+/// `v ↦ F v + D v`, F the batch's Fisher applied matrix-free.
+pub(crate) struct FisherOperator<'s, 'a, B: Backend> {
+    pub at: &'s mut At<'a, B>,
+    pub diag: &'s B::Vector,
+}
+
+impl<B: Backend> Operator<B> for FisherOperator<'_, '_, B> {
+    fn apply(&mut self, b: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        let at = &mut *self.at;
+        let n = b.batch_size(at.batch);
+        b.fisher_product(at.mlp, at.theta, at.batch, at.fisher, at.key, x, 1.0 / n as f32, y)?;
+        b.scale_add(self.diag, x, 1.0, y)
+    }
+}
+
+/// `z = (A ⊗ S + γ)⁻¹ r` with K-FAC's factored damping (prepared for this solve's γ).
+struct KfacPreconditioner<'s, B: Backend> {
+    factors: &'s KroneckerFactors<B>,
+    mlp: &'s Mlp,
+}
+
+impl<B: Backend> Preconditioner<B> for KfacPreconditioner<'_, B> {
+    fn apply_inverse(&mut self, b: &B, r: &B::Vector, z: &mut B::Vector) -> Result<()> {
+        self.factors.apply(b, self.mlp, r, z)
     }
 }

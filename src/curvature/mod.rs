@@ -8,11 +8,17 @@
 //! - `woodbury`: the m×m system `(nI + G D⁻¹ Gᵀ) u = G D⁻¹ g` when m < p.
 //! - `block`: one dense block per layer (the cross-layer curvature dropped).
 //! - `diagonal`: the mean of the squared scores (the Adam-like approximation).
+//! - `kfac`: per layer the Kronecker factors `A = E[āāᵀ]`, `S = E[δδᵀ]` (Martens & Grosse 2015).
+//!
+//! `implicit` applies the exact F matrix-free and solves by CG, preconditioned by K-FAC's factors
+//! unless told otherwise.
 
 mod block;
 mod dense;
 mod diagonal;
+pub mod factors;
 mod implicit;
+mod kfac;
 pub mod plan;
 mod rows;
 pub mod scores;
@@ -22,7 +28,25 @@ use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::{FisherKind, Mlp, SampleKey};
 
+pub use factors::KfacSettings;
 pub use plan::{CurvatureChoice, Limits, Need, Shape};
+
+/// Settings the representations share, beyond the batch: K-FAC's averaging and cadence, and how
+/// matrix-free CG is preconditioned.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CurvatureSettings {
+    pub kfac: KfacSettings,
+    pub preconditioner: PreconditionerKind,
+}
+
+/// `--preconditioner`: what matrix-free CG (`implicit`) is preconditioned with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PreconditionerKind {
+    /// K-FAC's damped Kronecker factors: few CG iterations for the exact direction.
+    #[default]
+    Kfac,
+    None,
+}
 
 /// Where the curvature is taken: the model at θ on a batch whose forward pass at θ is done, the
 /// Fisher's kind and draws' key, and the weight decay whose curvature `wd·D_W` joins F.
@@ -61,7 +85,11 @@ pub trait Representation {
     /// representation holds).
     fn needs(shape: &Shape, limits: &Limits) -> Vec<Need>;
     /// Allocates it on `b` for `mlp`.
-    fn create<'a, B: Backend + 'a>(b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>>;
+    fn create<'a, B: Backend + 'a>(
+        b: &B,
+        mlp: &Mlp,
+        settings: &CurvatureSettings,
+    ) -> Result<Box<dyn Curvature<B> + 'a>>;
 }
 
 /// Registers each representation: `Variant => file::Type`, one line each. Generates
@@ -95,9 +123,14 @@ macro_rules! representations {
             }
 
             /// Allocates it on `b` for `mlp`.
-            pub fn create<'a, B: Backend + 'a>(self, b: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+            pub fn create<'a, B: Backend + 'a>(
+                self,
+                b: &B,
+                mlp: &Mlp,
+                settings: &CurvatureSettings,
+            ) -> Result<Box<dyn Curvature<B> + 'a>> {
                 match self {
-                    $(CurvatureKind::$variant => <$ty as Representation>::create(b, mlp)),*
+                    $(CurvatureKind::$variant => <$ty as Representation>::create(b, mlp, settings)),*
                 }
             }
         }
@@ -110,6 +143,7 @@ representations! {
     Woodbury => woodbury::Woodbury,
     Block => block::Block,
     Diagonal => diagonal::Diagonal,
+    Kfac => kfac::Kfac,
 }
 
 /// `--curvature auto|dense|...`: the values are the registered representations' names.

@@ -34,6 +34,10 @@ pub struct Shape {
     pub m: usize,
     /// The layers' parameter counts (the blocks of `block`).
     pub blocks: Vec<usize>,
+    /// Examples per step.
+    pub n: usize,
+    /// The layers' (fan_in, fan_out).
+    pub layers: Vec<(usize, usize)>,
 }
 
 impl Shape {
@@ -43,6 +47,22 @@ impl Shape {
             p: mlp.num_params(),
             m: examples * kind.rows_per_example(mlp.likelihood()),
             blocks: mlp.layers().iter().map(|l| l.len()).collect(),
+            n: examples,
+            layers: mlp.layers().iter().map(|l| (l.fan_in, l.fan_out)).collect(),
+        }
+    }
+
+    /// The batch's per-layer scratch of a backward pass over all m score rows (m × Σ fan_out f32),
+    /// and the forward-mode tangents (n × Σ fan_out): what the matrix-free and K-FAC passes hold.
+    pub(crate) fn pass_scratch(&self) -> Need {
+        let widths: u64 = self.layers.iter().map(|l| l.1 as u64).sum();
+        let widest = self.layers.iter().map(|l| l.1 as u64).max().unwrap_or(0);
+        let rows = self.m.max(self.n) as u64;
+        Need {
+            buffer: "backward scratch and tangents (score rows × layer widths)",
+            shape: format!("{}×{widths} f32", self.m.max(self.n)),
+            piece: 4 * rows * widest,
+            total: 4 * (rows + self.n as u64) * widths,
         }
     }
 
@@ -164,45 +184,115 @@ pub fn check_fits(kind: CurvatureKind, shape: &Shape, limits: &Limits) -> Result
     })
 }
 
-/// `--curvature auto`: dense while F is small (p ≤ 8192, and it fits); Woodbury when the batch
-/// has fewer score rows than parameters; implicit otherwise; diagonal when nothing exact fits.
+/// What a step's cost depends on beyond the shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cadence {
+    /// Most CG iterations per step.
+    pub cg_iters: usize,
+    /// K-FAC: steps between inverse refreshes.
+    pub inverse_every: usize,
+}
+
+/// The floating-point work of one natural-gradient step with `kind`, the cost model behind
+/// `auto` (checked against `natgrad bench`'s `ngd_step_*` in the README). With L the weights
+/// (Σ fan_in·fan_out) and m the score rows: a pass over the batch is 2nL, back-propagating every
+/// score row 2mL; the dense Fisher is m·p² to build and 2p² per CG iteration; Woodbury's Gram
+/// matrix m²·p; a matrix-free product three passes; K-FAC's statistics m·Σout² + n·Σin², its
+/// eigendecompositions about 10·Σ(in³ + out³) every `inverse_every` steps, its step two small
+/// products per layer, and one matrix-free product for the trust region.
+pub fn step_flops(kind: CurvatureKind, shape: &Shape, cadence: Cadence) -> f64 {
+    let (p, m, n) = (shape.p as f64, shape.m as f64, shape.n as f64);
+    let iters = cadence.cg_iters as f64;
+    let weights: f64 = shape.layers.iter().map(|&(i, o)| (i * o) as f64).sum();
+    let pass = 2.0 * n * weights;
+    let backprop_rows = 2.0 * m * weights;
+    let product = 3.0 * pass;
+    let kron: f64 = shape
+        .layers
+        .iter()
+        .map(|&(i, o)| 2.0 * (o * (i + 1)) as f64 * ((i + 1) + o) as f64)
+        .sum();
+    let statistics: f64 = backprop_rows
+        + shape
+            .layers
+            .iter()
+            .map(|&(i, o)| 2.0 * (m * (o * o) as f64 + n * ((i + 1) * (i + 1)) as f64))
+            .sum::<f64>();
+    let eigen: f64 = shape
+        .layers
+        .iter()
+        .map(|&(i, o)| 10.0 * (((i + 1).pow(3) + o.pow(3)) as f64))
+        .sum::<f64>()
+        / cadence.inverse_every.max(1) as f64;
+    match kind {
+        CurvatureKind::Dense => backprop_rows + m * p * p + iters * 2.0 * p * p,
+        CurvatureKind::Woodbury => backprop_rows + m * m * p + iters.max(m) * 2.0 * m * m + 4.0 * m * p,
+        CurvatureKind::Implicit => statistics + eigen + iters * (product + kron),
+        CurvatureKind::Kfac => statistics + eigen + kron + product,
+        CurvatureKind::Block => {
+            let blocks: f64 = shape.blocks.iter().map(|&b| (b * b) as f64).sum();
+            backprop_rows + m * blocks + iters * 2.0 * blocks
+        }
+        CurvatureKind::Diagonal => backprop_rows + 2.0 * m * p,
+    }
+}
+
+/// How much more work per step an exact representation may cost than K-FAC and still be chosen
+/// by `auto`: an exact direction needs fewer steps, but on the race's MLPs K-FAC reaches a
+/// target loss in about as many steps as the exact Fisher, so only a near-equal cost buys it.
+const EXACT_PREMIUM: f64 = 2.0;
+
+/// `--curvature auto`: by the memory plan and the cost model ([`step_flops`]). The cheapest exact
+/// representation that fits (dense, Woodbury, matrix-free implicit) when it costs at most
+/// [`EXACT_PREMIUM`]× K-FAC's step; otherwise K-FAC; the diagonal when nothing else fits.
 /// Returns the choice and why.
-pub fn choose(shape: &Shape, limits: &Limits) -> (CurvatureKind, String) {
-    let (p, m) = (shape.p, shape.m);
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    let dense_bytes = 4 * (p as u64).pow(2);
-    if p <= 8192 && fits(CurvatureKind::Dense, shape, limits) {
-        return (
-            CurvatureKind::Dense,
-            format!("the dense Fisher ({p}×{p}, {:.0} MiB) fits", mib(dense_bytes)),
-        );
+pub fn choose(shape: &Shape, limits: &Limits, cadence: Cadence) -> (CurvatureKind, String) {
+    let cost = |k| step_flops(k, shape, cadence);
+    let mflop = |k| cost(k) / 1e6;
+    let exact = [CurvatureKind::Dense, CurvatureKind::Woodbury, CurvatureKind::Implicit]
+        .into_iter()
+        .filter(|&k| fits(k, shape, limits))
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)));
+    let kfac = fits(CurvatureKind::Kfac, shape, limits).then_some(CurvatureKind::Kfac);
+    match (exact, kfac) {
+        (Some(e), Some(k)) if cost(e) <= EXACT_PREMIUM * cost(k) => (
+            e,
+            format!(
+                "the exact {} step costs {:.3} MFLOP, within {EXACT_PREMIUM}× K-FAC's {:.3}",
+                e.name(),
+                mflop(e),
+                mflop(k)
+            ),
+        ),
+        (Some(e), Some(k)) => (
+            k,
+            format!(
+                "K-FAC's step costs {:.3} MFLOP, the cheapest exact one ({}) {:.0}× that",
+                mflop(k),
+                e.name(),
+                cost(e) / cost(k)
+            ),
+        ),
+        (Some(e), None) => (
+            e,
+            format!("K-FAC does not fit; {} is the cheapest exact step that does", e.name()),
+        ),
+        (None, Some(k)) => (k, "no exact representation fits".into()),
+        (None, None) => (
+            CurvatureKind::Diagonal,
+            "nothing else fits: the diagonal approximation".into(),
+        ),
     }
-    let why_not_dense = if p > 8192 {
-        format!("{p} parameters make a dense Fisher of {:.0} MiB", mib(dense_bytes))
-    } else {
-        "the dense Fisher does not fit".into()
-    };
-    if m < p && fits(CurvatureKind::Woodbury, shape, limits) {
-        return (
-            CurvatureKind::Woodbury,
-            format!("{why_not_dense}; {m} score rows < {p} parameters: an {m}×{m} system"),
-        );
-    }
-    if fits(CurvatureKind::Implicit, shape, limits) {
-        return (
-            CurvatureKind::Implicit,
-            format!("{why_not_dense}; G ({m}×{p}) fits, and F is applied without forming it"),
-        );
-    }
-    (
-        CurvatureKind::Diagonal,
-        format!("{why_not_dense}, and G ({m}×{p}) does not fit: the diagonal approximation"),
-    )
 }
 
 /// Resolves `choice` for `shape` on a device of `limits`, checking that it fits: the
 /// representation and a line that says what was chosen and why.
-pub fn resolve(choice: CurvatureChoice, shape: &Shape, limits: &Limits) -> Result<(CurvatureKind, String)> {
+pub fn resolve(
+    choice: CurvatureChoice,
+    shape: &Shape,
+    limits: &Limits,
+    cadence: Cadence,
+) -> Result<(CurvatureKind, String)> {
     match choice {
         CurvatureChoice::Kind(kind) => {
             check_fits(kind, shape, limits)?;
@@ -217,7 +307,7 @@ pub fn resolve(choice: CurvatureChoice, shape: &Shape, limits: &Limits) -> Resul
             ))
         }
         CurvatureChoice::Auto => {
-            let (kind, why) = choose(shape, limits);
+            let (kind, why) = choose(shape, limits, cadence);
             Ok((kind, format!("curvature: auto picked {}: {why}", kind.name())))
         }
     }

@@ -2,7 +2,7 @@
 //! `(nI + G D⁻¹ Gᵀ) u = G D⁻¹ g`, then `d = D⁻¹ (g − Gᵀu)`; exact, and cheap when m ≪ p.
 
 use super::rows::{HeldRows, RowsOperator};
-use super::{At, Curvature, DampingDiagonal, Limits, Need, Representation, Shape};
+use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Representation, Shape};
 use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::{Error, Result};
 use crate::model::Mlp;
@@ -26,7 +26,7 @@ impl Representation for Woodbury {
         ]
     }
 
-    fn create<'a, B: Backend + 'a>(_: &B, mlp: &Mlp) -> Result<Box<dyn Curvature<B> + 'a>> {
+    fn create<'a, B: Backend + 'a>(_: &B, mlp: &Mlp, _: &CurvatureSettings) -> Result<Box<dyn Curvature<B> + 'a>> {
         Ok(Box::new(WoodburySystem::<B> {
             rows: HeldRows::new(),
             gram: None,

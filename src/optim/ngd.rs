@@ -4,7 +4,7 @@
 
 use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
 use crate::backend::{Backend, CgParams};
-use crate::curvature::{At, Curvature, CurvatureChoice, CurvatureKind};
+use crate::curvature::{At, Curvature, CurvatureChoice, CurvatureKind, CurvatureSettings};
 use crate::error::Result;
 use crate::model::{FisherKind, Mlp};
 
@@ -31,6 +31,13 @@ pub struct NgdConfig {
     pub cg: CgParams,
     /// How the curvature is held; `Auto` is resolved by the memory plan.
     pub curvature: CurvatureChoice,
+    /// K-FAC's averaging and inverse cadence, and matrix-free CG's preconditioner.
+    pub settings: CurvatureSettings,
+    /// Steps between rebuilds of the curvature (its statistics for K-FAC); between them the last
+    /// one is reused. Matrix-free products are always of the current batch.
+    pub curvature_every: usize,
+    /// CG starts from this multiple of the last direction (Martens 2010 decays it; 0: a cold start).
+    pub warm_start: f32,
 }
 
 impl Default for NgdConfig {
@@ -48,6 +55,9 @@ impl Default for NgdConfig {
                 rel_tol: 1e-3,
             },
             curvature: CurvatureChoice::Auto,
+            settings: CurvatureSettings::default(),
+            curvature_every: 1,
+            warm_start: 1.0,
         }
     }
 }
@@ -60,6 +70,21 @@ impl NgdConfig {
         }
         if let FisherKind::Sampled { draws: 0 } = self.fisher {
             return Err(bad("--draws", "need at least one draw per example".into()));
+        }
+        if self.curvature_every == 0 || self.settings.kfac.inverse_every == 0 {
+            return Err(bad(
+                "--curvature-every, --inverse-every",
+                "need at least 1 step between refreshes".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.settings.kfac.decay) {
+            return Err(bad(
+                "--kfac-decay",
+                format!("{} is not in [0, 1)", self.settings.kfac.decay),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.warm_start) {
+            return Err(bad("--warm-start", format!("{} is not in [0, 1]", self.warm_start)));
         }
         self.cg.validate(self.damping)
     }
@@ -87,6 +112,8 @@ pub struct Ngd<'a, B: Backend> {
     curvature: Box<dyn Curvature<B> + 'a>,
     d: B::Vector,
     damping: f32,
+    /// updates taken (the curvature is rebuilt every `curvature_every` of them)
+    steps: usize,
 }
 
 impl<'a, B: Backend + 'a> Ngd<'a, B> {
@@ -94,9 +121,10 @@ impl<'a, B: Backend + 'a> Ngd<'a, B> {
     pub fn new(b: &B, config: NgdConfig, curvature: CurvatureKind, mlp: &Mlp) -> Result<Self> {
         Ok(Self {
             config,
-            curvature: curvature.create(b, mlp)?,
+            curvature: curvature.create(b, mlp, &config.settings)?,
             d: b.zeros_vector("natural direction d", mlp.num_params())?,
             damping: config.damping,
+            steps: 0,
         })
     }
 }
@@ -113,7 +141,14 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
             key: step.key,
             weight_decay: step.weight_decay,
         };
-        self.curvature.build(b, &mut at)?;
+        if self.steps.is_multiple_of(config.curvature_every) {
+            self.curvature.build(b, &mut at)?;
+        }
+        self.steps += 1;
+        if config.warm_start != 1.0 {
+            let warm = b.zeros_vector("warm start", b.len(&self.d))?;
+            b.xpby(&warm, config.warm_start, &mut self.d)?;
+        }
         let report = self
             .curvature
             .solve(b, &mut at, lambda, step.g, &mut self.d, &config.cg)?;
@@ -148,7 +183,7 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
             step_size: eta as f32,
             kl_pred: Some(0.5 * eta * eta * dfd),
             cg_iters: Some(report.iterations),
-            cg_rel_residual: Some(report.rel_residual),
+            cg_rel_residual: Some(report.rel_residual).filter(|r| !r.is_nan()),
             cg_outcome: Some(report.outcome),
             damping: Some(lambda),
         })

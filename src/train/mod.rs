@@ -92,7 +92,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
         let curvature = match config.kind {
             OptimizerKind::Ngd => {
                 let shape = Shape::of(&mlp, examples.max(1), config.ngd.fisher);
-                Some(plan::resolve(config.ngd.curvature, &shape, &Limits::of(b))?)
+                let cadence = plan::Cadence {
+                    cg_iters: config.ngd.cg.max_iters,
+                    inverse_every: config.ngd.settings.kfac.inverse_every,
+                };
+                Some(plan::resolve(config.ngd.curvature, &shape, &Limits::of(b), cadence)?)
             }
             _ => None,
         };

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::run::RunConfig;
-use crate::curvature::CurvatureKind;
+use crate::curvature::{CurvatureKind, PreconditionerKind};
 use crate::model::{FisherKind, Mlp};
 
 /// The final figures of a run (the command-line contract's `summary.json`).
@@ -66,6 +66,14 @@ pub fn config_json(cfg: &RunConfig, mlp: &Mlp, curvature: Option<CurvatureKind>)
         "adaptive_damping": o.ngd.adaptive_damping,
         "kl": o.ngd.kl,
         "weight_decay": o.weight_decay,
+        "curvature_every": o.ngd.curvature_every,
+        "inverse_every": o.ngd.settings.kfac.inverse_every,
+        "kfac_decay": o.ngd.settings.kfac.decay,
+        "preconditioner": match o.ngd.settings.preconditioner {
+            PreconditionerKind::Kfac => "kfac",
+            PreconditionerKind::None => "none",
+        },
+        "warm_start": o.ngd.warm_start,
         "cg_iters": o.ngd.cg.max_iters,
         "cg_tol": o.ngd.cg.rel_tol,
         "batch": cfg.batch,
