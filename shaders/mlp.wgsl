@@ -296,3 +296,24 @@ fn seed_product(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         }
     }
 }
+
+// delta[e] = Σ_r (s_rᵀ act_in[e, :])²: each example's share of vᵀFv, its output tangent J_e v
+// in act_in and its R output seeds in `seeds` (the quadratic form of seed_product).
+@compute @workgroup_size(WG)
+fn seed_quad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if e >= params.rows {
+        return;
+    }
+    let w = params.width;
+    var total = 0.0;
+    for (var r = 0u; r < params.per_example; r++) {
+        let base = (e * params.per_example + r) * w;
+        var d = 0.0;
+        for (var k = 0u; k < w; k++) {
+            d += seeds[base + k] * act_in[e * w + k];
+        }
+        total += d * d;
+    }
+    delta[e] = total;
+}

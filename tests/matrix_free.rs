@@ -50,6 +50,14 @@ fn product<B: Backend>(
         .unwrap();
     let (y, again) = (b.download_vector(&y).unwrap(), b.download_vector(&again).unwrap());
     assert_eq!(y, again, "{}: a repeated product differs", b.kind());
+    // vᵀFv by the forward pass alone agrees with vᵀ(F v)
+    let quad = b.fisher_quad(mlp, &th, &mut batch, kind, KEY, &vv).unwrap();
+    let vfv: f64 = v.iter().zip(&y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+    assert!(
+        (quad - vfv).abs() <= 1e-4 * vfv.abs().max(1e-6),
+        "{}: vᵀFv {quad} against vᵀ(Fv) {vfv}",
+        b.kind()
+    );
     y
 }
 

@@ -255,6 +255,19 @@ pub trait MlpOps: Buffers {
         y: &mut Self::Vector,
     ) -> Result<()>;
 
+    /// `vᵀ F v = (1/n) Σ_i (J_i v)ᵀ H_i (J_i v)` at the last forward pass: one forward-mode pass,
+    /// no backward pass (the trust region's measure of a step).
+    #[allow(clippy::too_many_arguments)]
+    fn fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &Self::Vector,
+        batch: &mut Self::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &Self::Vector,
+    ) -> Result<f64>;
+
     /// K-FAC's statistics of the batch at the last forward pass, per layer l: `a[l] = (1/n) Σ ā āᵀ`
     /// of the layer's inputs with a 1 appended ((fan_in+1)²), and `s[l] = (1/n) Σ_rows δ δᵀ` of
     /// the output seeds of `kind` back-propagated to its pre-activations (fan_out²).

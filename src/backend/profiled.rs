@@ -274,6 +274,18 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         })
     }
 
+    fn fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &B::Vector,
+        batch: &mut B::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &B::Vector,
+    ) -> Result<f64> {
+        self.timed(SOLVE, || self.inner.fisher_quad(mlp, theta, batch, kind, key, v))
+    }
+
     fn kfac_factors(
         &self,
         mlp: &Mlp,

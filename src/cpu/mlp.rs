@@ -331,6 +331,34 @@ pub fn fisher_product(
     Ok(())
 }
 
+/// `vᵀFv = (1/n) Σ_i Σ_r (s_irᵀ J_i v)²`: the forward-mode pass only.
+pub fn fisher_quad(
+    mlp: &Mlp,
+    theta: &[f32],
+    batch: &mut CpuBatch,
+    kind: FisherKind,
+    key: SampleKey,
+    v: &[f32],
+) -> Result<f64> {
+    mlp.check_params(theta.len())?;
+    mlp.check_params(v.len())?;
+    mlp.check_widths(&batch.widths)?;
+    let out = mlp.outputs();
+    let per_example = kind.rows_per_example(mlp.likelihood());
+    let u = jvp(mlp, theta, batch, v);
+    let factors = output_factors(mlp, batch, kind, key);
+    let total: f64 = u
+        .chunks_exact(out)
+        .zip(factors.chunks_exact(per_example * out))
+        .map(|(ui, s)| {
+            s.chunks_exact(out)
+                .map(|sr| sr.iter().zip(ui).map(|(a, b)| (a * b) as f64).sum::<f64>().powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    Ok(total / batch.n as f64)
+}
+
 /// K-FAC's statistics of the batch at the last forward pass, per layer: `a[l] = (1/n) Σ ā āᵀ` of the
 /// layer's inputs with a 1 appended ((fan_in+1)²), and `s[l] = (1/n) Σ_rows δ δᵀ` of the
 /// back-propagated output seeds of `kind` at its pre-activations (fan_out²).
@@ -541,6 +569,19 @@ impl MlpOps for Cpu {
     ) -> Result<()> {
         backend::check_fisher_kind(kind)?;
         fisher_product(mlp, theta, batch, kind, key, v, scale, y)
+    }
+
+    fn fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &Vec<f32>,
+        batch: &mut CpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &Vec<f32>,
+    ) -> Result<f64> {
+        backend::check_fisher_kind(kind)?;
+        fisher_quad(mlp, theta, batch, kind, key, v)
     }
 
     fn kfac_factors(

@@ -90,12 +90,11 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
     }
 }
 
-/// `dᵀ(F + D)d` with one matrix-free product: the trust region's measure for every representation
-/// that does not hold F.
+/// `dᵀ(F + D)d` by one forward-mode pass (no backward pass): the trust region's measure for every
+/// representation that does not hold F.
 pub(crate) fn quad<B: Backend>(b: &B, at: &mut At<'_, B>, diag: &B::Vector, d: &B::Vector) -> Result<f64> {
-    let mut ad = b.zeros_vector("A d", b.len(d))?;
-    FisherOperator { at, diag }.apply(b, d, &mut ad)?;
-    b.dot(d, &ad)
+    let fisher = b.fisher_quad(at.mlp, at.theta, at.batch, at.fisher, at.key, d)?;
+    Ok(fisher + b.weighted_dot(d, diag, d)?)
 }
 
 /// `v ↦ F v + D v`, F the batch's Fisher applied matrix-free.

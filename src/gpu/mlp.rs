@@ -70,6 +70,7 @@ pub struct MlpKernels {
     batch_loss: wgpu::ComputePipeline,
     expand_scores: wgpu::ComputePipeline,
     seed_product: wgpu::ComputePipeline,
+    seed_quad: wgpu::ComputePipeline,
 }
 
 /// One element of a buffer broadcast to a matrix of any shape.
@@ -105,6 +106,7 @@ impl MlpKernels {
             batch_loss: p("batch_loss")?,
             expand_scores: p("expand_scores")?,
             seed_product: p("seed_product")?,
+            seed_quad: p("seed_quad")?,
         })
     }
 
@@ -482,45 +484,13 @@ impl MlpKernels {
         let n = batch.n;
         self.ensure_factors(ctx, mlp, batch, kind, key)?;
         Self::ensure_deltas(ctx, mlp, batch, n)?;
-        if batch.tangent.is_empty() {
-            batch.tangent = mlp
-                .layers()
-                .iter()
-                .map(|l| f32_buffer(ctx, "forward-mode tangents", n * l.fan_out))
-                .collect::<Result<_>>()?;
-        }
+        Self::ensure_tangents(ctx, mlp, batch)?;
         let batch = &*batch;
         let last = mlp.layers().len() - 1;
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            for (l, layer) in mlp.layers().iter().enumerate() {
-                let dims = (n, layer.fan_out, layer.fan_in);
-                let t = View::rows(&batch.tangent[l], 0, layer.fan_out);
-                let input = View::rows(Self::layer_input(batch, l), 0, layer.fan_in);
-                let v_weight = View::transposed(&v.buffer, layer.weight, layer.fan_in);
-                self.matmul.record(ctx, &mut pass, dims, input, v_weight, t, 1.0, 0.0)?;
-                if l > 0 {
-                    let below = View::rows(&batch.tangent[l - 1], 0, layer.fan_in);
-                    let weight = View::transposed(&theta.buffer, layer.weight, layer.fan_in);
-                    self.matmul.record(ctx, &mut pass, dims, below, weight, t, 1.0, 1.0)?;
-                }
-                let groups = groups_for(n * layer.fan_out)?;
-                let params = Params {
-                    rows: n as u32,
-                    width: layer.fan_out as u32,
-                    offset: layer.bias as u32,
-                    apply: 0,
-                    ..Self::base_params(mlp)
-                };
-                // + v_b: bias_act without the activation, v bound as θ
-                let buffers = [(1, &batch.tangent[l]), (2, &batch.dummy), (3, &v.buffer)];
-                self.dispatch(ctx, &mut pass, &self.bias_act, &params, &buffers, groups);
-                if l < last {
-                    let buffers = [(1, &batch.z[l]), (5, &batch.tangent[l])];
-                    self.dispatch(ctx, &mut pass, &self.act_grad_mul, &params, &buffers, groups);
-                }
-            }
+            self.record_jvp(ctx, &mut pass, mlp, theta, batch, v)?;
             let params = Params {
                 rows: n as u32,
                 width: mlp.outputs() as u32,
@@ -534,6 +504,102 @@ impl MlpKernels {
         }
         ctx.queue.submit([encoder.finish()]);
         ctx.check_fault()
+    }
+
+    /// Records the forward-mode pass along v into the batch's tangents (the last layer's is J v).
+    fn record_jvp(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &GpuBatch,
+        v: &GpuVector,
+    ) -> Result<()> {
+        let n = batch.n;
+        let last = mlp.layers().len() - 1;
+        for (l, layer) in mlp.layers().iter().enumerate() {
+            let dims = (n, layer.fan_out, layer.fan_in);
+            let t = View::rows(&batch.tangent[l], 0, layer.fan_out);
+            let input = View::rows(Self::layer_input(batch, l), 0, layer.fan_in);
+            let v_weight = View::transposed(&v.buffer, layer.weight, layer.fan_in);
+            self.matmul.record(ctx, pass, dims, input, v_weight, t, 1.0, 0.0)?;
+            if l > 0 {
+                let below = View::rows(&batch.tangent[l - 1], 0, layer.fan_in);
+                let weight = View::transposed(&theta.buffer, layer.weight, layer.fan_in);
+                self.matmul.record(ctx, pass, dims, below, weight, t, 1.0, 1.0)?;
+            }
+            let groups = groups_for(n * layer.fan_out)?;
+            let params = Params {
+                rows: n as u32,
+                width: layer.fan_out as u32,
+                offset: layer.bias as u32,
+                apply: 0,
+                ..Self::base_params(mlp)
+            };
+            // + v_b: bias_act without the activation, v bound as θ
+            let buffers = [(1, &batch.tangent[l]), (2, &batch.dummy), (3, &v.buffer)];
+            self.dispatch(ctx, pass, &self.bias_act, &params, &buffers, groups);
+            if l < last {
+                let buffers = [(1, &batch.z[l]), (5, &batch.tangent[l])];
+                self.dispatch(ctx, pass, &self.act_grad_mul, &params, &buffers, groups);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the batch's tangent buffers.
+    fn ensure_tangents(ctx: &GpuContext, mlp: &Mlp, batch: &mut GpuBatch) -> Result<()> {
+        if batch.tangent.is_empty() {
+            batch.tangent = mlp
+                .layers()
+                .iter()
+                .map(|l| f32_buffer(ctx, "forward-mode tangents", batch.n * l.fan_out))
+                .collect::<Result<_>>()?;
+        }
+        Ok(())
+    }
+
+    /// `vᵀFv` by the forward-mode pass and `seed_quad`, summed on the host in f64.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fisher_quad(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+    ) -> Result<f64> {
+        for len in [theta.len, v.len] {
+            mlp.check_params(len)?;
+        }
+        mlp.check_widths(&batch.widths)?;
+        let n = batch.n;
+        self.ensure_factors(ctx, mlp, batch, kind, key)?;
+        Self::ensure_deltas(ctx, mlp, batch, n)?;
+        Self::ensure_tangents(ctx, mlp, batch)?;
+        let batch = &*batch;
+        let last = mlp.layers().len() - 1;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_jvp(ctx, &mut pass, mlp, theta, batch, v)?;
+            let params = Params {
+                rows: n as u32,
+                width: mlp.outputs() as u32,
+                per_example: kind.rows_per_example(mlp.likelihood()) as u32,
+                ..Self::base_params(mlp)
+            };
+            let factors = batch.factors.as_ref().map(|f| &f.2).unwrap_or(&batch.dummy);
+            let buffers = [(5, &batch.delta[0]), (8, &batch.tangent[last]), (9, factors)];
+            self.dispatch(ctx, &mut pass, &self.seed_quad, &params, &buffers, groups_for(n)?);
+        }
+        let staging = ctx.copy_to_staging(&mut encoder, &batch.delta[0], 0, 4 * n as u64);
+        let index = ctx.queue.submit([encoder.finish()]);
+        let shares: Vec<f32> = ctx.map_staging(&staging, index)?;
+        Ok(shares.iter().map(|&v| v as f64).sum::<f64>() / n as f64)
     }
 
     /// K-FAC's statistics (see [`MlpOps::kfac_factors`]): `s[l] = (1/n) δᵀδ` over the back-propagated
@@ -823,6 +889,19 @@ impl MlpOps for Gpu {
         backend::check_fisher_kind(kind)?;
         self.mlp
             .fisher_product(&self.ctx, mlp, theta, batch, kind, key, v, scale, y)
+    }
+
+    fn fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+    ) -> Result<f64> {
+        backend::check_fisher_kind(kind)?;
+        self.mlp.fisher_quad(&self.ctx, mlp, theta, batch, kind, key, v)
     }
 
     fn kfac_factors(
