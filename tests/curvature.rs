@@ -5,7 +5,7 @@ mod common;
 
 use common::{batch, normal, params, rng};
 use natgrad::cpu::{Cpu, reference};
-use natgrad::curvature::{At, CurvatureKind, Limits, Shape, plan};
+use natgrad::curvature::{At, CurvatureKind, CurvatureSettings, Limits, Shape, plan};
 use natgrad::model::{Activation, Likelihood, Mlp, MlpSpec, reference as model_ref};
 use natgrad::model::{FisherKind, SampleKey};
 use natgrad::prelude::*;
@@ -48,7 +48,12 @@ fn solve_with<B: Backend>(
     let mut batch = b.upload_batch(mlp, xs, ys).unwrap();
     let th = b.upload_vector("θ", theta).unwrap();
     b.forward(mlp, &th, &mut batch).unwrap();
-    let mut c = kind.create(b, mlp, &Default::default()).unwrap();
+    // CG to its tolerance: the relative-progress rule off
+    let settings = CurvatureSettings {
+        cg_progress: 0.0,
+        ..Default::default()
+    };
+    let mut c = kind.create(b, mlp, &settings).unwrap();
     let mut at = At {
         mlp,
         theta: &th,

@@ -28,10 +28,13 @@ pub enum CgOutcome {
     /// Met a direction of zero or negative curvature: `F + λI` is singular (or not positive
     /// definite) to working precision. `d` is the last iterate before it, finite.
     Breakdown,
+    /// The quadratic model stopped improving (the host solver's relative-progress rule; the
+    /// GPU's fused dense CG does not use it).
+    Stalled,
 }
 
 impl CgOutcome {
-    const ALL: [CgOutcome; 3] = [Self::Converged, Self::MaxIterations, Self::Breakdown];
+    const ALL: [CgOutcome; 4] = [Self::Converged, Self::MaxIterations, Self::Breakdown, Self::Stalled];
 
     /// The code the GPU kernels use for it (0 is "running").
     pub fn code(self) -> u32 {
@@ -39,6 +42,7 @@ impl CgOutcome {
             Self::Converged => 1,
             Self::MaxIterations => 2,
             Self::Breakdown => 3,
+            Self::Stalled => 4,
         }
     }
 

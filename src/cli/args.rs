@@ -242,9 +242,17 @@ pub struct TrainArgs {
     /// K-FAC: weight of the old factors in their moving average.
     #[arg(long, default_value_t = NgdConfig::default().settings.kfac.decay)]
     pub kfac_decay: f32,
+    /// K-FAC under the exact Fisher: labels drawn per example to estimate S's expectation (0: the
+    /// expectation in closed form, C times the work for C classes).
+    #[arg(long, default_value_t = NgdConfig::default().settings.kfac.draws)]
+    pub kfac_draws: u32,
     /// Preconditioner of matrix-free CG (--curvature implicit): K-FAC's factors, or none.
     #[arg(long, value_enum, default_value_t = NgdConfig::default().settings.preconditioner)]
     pub preconditioner: PreconditionerKind,
+    /// Matrix-free CG also stops when its quadratic model improves by less than this (relative,
+    /// per iteration; Martens 2010); 0 turns the rule off.
+    #[arg(long, default_value_t = NgdConfig::default().settings.cg_progress)]
+    pub cg_progress: f32,
     /// CG starts from this multiple of the last step's direction (0: from zero).
     #[arg(long, default_value_t = NgdConfig::default().warm_start)]
     pub warm_start: f32,
@@ -322,8 +330,10 @@ impl TrainArgs {
                     kfac: KfacSettings {
                         decay: self.kfac_decay,
                         inverse_every: self.inverse_every,
+                        draws: self.kfac_draws,
                     },
                     preconditioner: self.preconditioner,
+                    cg_progress: self.cg_progress,
                 },
                 curvature_every: self.curvature_every,
                 warm_start: self.warm_start,

@@ -10,8 +10,9 @@ use super::matmul::{View, matmul};
 use super::{Cpu, CpuMatrix, Layout};
 use crate::backend::{self, BatchLoss, MlpOps};
 use crate::error::Result;
-use crate::model::Mlp;
 use crate::model::fisher::{self, FisherKind, SampleKey};
+use crate::model::likelihood::softmax;
+use crate::model::{Likelihood, Mlp};
 
 /// A batch in host memory with its forward pass: per layer the pre-activations z and (hidden
 /// layers) activations, and backward scratch.
@@ -144,6 +145,25 @@ fn write_seeds(mlp: &Mlp, batch: &CpuBatch, kind: FisherKind, key: SampleKey, ro
     let per_example = kind.rows_per_example(mlp.likelihood());
     let last = mlp.layers().len() - 1;
     let (logits, targets) = (&batch.z[last], &batch.targets);
+    let whole_examples = rows.start.is_multiple_of(per_example) && rows.len().is_multiple_of(per_example);
+    if kind == FisherKind::Exact && matches!(mlp.likelihood(), Likelihood::Categorical { .. }) && whole_examples {
+        // the C rows of an example share one softmax: √p_c (e_c − p), computed once per example
+        let first = rows.start / per_example;
+        delta[..rows.len() * out]
+            .par_chunks_mut(out * out)
+            .enumerate()
+            .for_each(|(k, block)| {
+                let e = first + k;
+                let p = softmax(&f64s(&logits[e * out..(e + 1) * out]));
+                for (c, row) in block.chunks_exact_mut(out).enumerate() {
+                    let root = p[c].sqrt();
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d = (root * (if j == c { 1.0 } else { 0.0 } - p[j])) as f32;
+                    }
+                }
+            });
+        return;
+    }
     delta[..rows.len() * out]
         .par_chunks_mut(out)
         .enumerate()

@@ -121,8 +121,9 @@ impl<B: Backend> Curvature<B> for Blocks<B> {
 fn worse(a: CgOutcome, b: CgOutcome) -> CgOutcome {
     let rank = |o| match o {
         CgOutcome::Converged => 0,
-        CgOutcome::MaxIterations => 1,
-        CgOutcome::Breakdown => 2,
+        CgOutcome::Stalled => 1,
+        CgOutcome::MaxIterations => 2,
+        CgOutcome::Breakdown => 3,
     };
     if rank(b) > rank(a) { b } else { a }
 }

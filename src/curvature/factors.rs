@@ -9,7 +9,7 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use super::At;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::model::Mlp;
+use crate::model::{FisherKind, Mlp};
 
 /// K-FAC's cadences and averaging.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,6 +18,10 @@ pub struct KfacSettings {
     pub decay: f32,
     /// Solves between refreshes of the factors' eigendecompositions.
     pub inverse_every: usize,
+    /// Under the exact Fisher, S's expectation over the model's labels is estimated from this
+    /// many labels drawn per example (an unbiased estimate the moving average smooths; C times
+    /// cheaper than the C-class expectation); 0 takes the expectation in closed form.
+    pub draws: u32,
 }
 
 impl Default for KfacSettings {
@@ -25,6 +29,7 @@ impl Default for KfacSettings {
         Self {
             decay: 0.95,
             inverse_every: 10,
+            draws: 1,
         }
     }
 }
@@ -118,15 +123,12 @@ impl<B: Backend> KroneckerFactors<B> {
 
     /// Folds the batch at `at` into the moving averages.
     pub fn update(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
-        b.kfac_factors(
-            at.mlp,
-            at.theta,
-            at.batch,
-            at.fisher,
-            at.key,
-            &mut self.batch_a,
-            &mut self.batch_s,
-        )?;
+        let kind = match (at.fisher, self.settings.draws) {
+            (FisherKind::Exact, draws) if draws > 0 => FisherKind::Sampled { draws },
+            (kind, _) => kind,
+        };
+        let (a, s) = (&mut self.batch_a, &mut self.batch_s);
+        b.kfac_factors(at.mlp, at.theta, at.batch, kind, at.key, a, s)?;
         let download = |ms: &[B::Matrix]| -> Result<Vec<Vec<f64>>> {
             ms.iter()
                 .map(|m| Ok(b.download_matrix(m)?.into_iter().map(f64::from).collect()))

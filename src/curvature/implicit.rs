@@ -41,6 +41,7 @@ impl Representation for Implicit {
         };
         Ok(Box::new(MatrixFree::<B> {
             d: DampingDiagonal::new(mlp),
+            progress: settings.cg_progress as f64,
             preconditioner,
         }))
     }
@@ -48,6 +49,7 @@ impl Representation for Implicit {
 
 struct MatrixFree<B: Backend> {
     d: DampingDiagonal<B>,
+    progress: f64,
     preconditioner: Option<KroneckerFactors<B>>,
 }
 
@@ -78,9 +80,9 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
                     factors,
                     mlp: op.at.mlp,
                 };
-                solve::cg(b, &mut op, Some(&mut m), g, d, cg)
+                solve::cg_with_progress(b, &mut op, Some(&mut m), g, d, cg, self.progress)
             }
-            None => solve::cg(b, &mut op, None, g, d, cg),
+            None => solve::cg_with_progress(b, &mut op, None, g, d, cg, self.progress),
         }
     }
 

@@ -199,7 +199,8 @@ pub struct Cadence {
 /// score row 2mL; the dense Fisher is m·p² to build and 2p² per CG iteration; Woodbury's Gram
 /// matrix m²·p; a matrix-free product three passes; K-FAC's statistics m·Σout² + n·Σin², its
 /// eigendecompositions about 10·Σ(in³ + out³) every `inverse_every` steps, its step two small
-/// products per layer, and one matrix-free product for the trust region.
+/// products per layer, and one forward-mode pass for the trust region; host work and small
+/// dispatches are counted as the flops they take the time of.
 pub fn step_flops(kind: CurvatureKind, shape: &Shape, cadence: Cadence) -> f64 {
     let (p, m, n) = (shape.p as f64, shape.m as f64, shape.n as f64);
     let iters = cadence.cg_iters as f64;
@@ -227,8 +228,8 @@ pub fn step_flops(kind: CurvatureKind, shape: &Shape, cadence: Cadence) -> f64 {
     match kind {
         CurvatureKind::Dense => backprop_rows + m * p * p + iters * 2.0 * p * p,
         CurvatureKind::Woodbury => backprop_rows + m * m * p + iters.max(m) * 2.0 * m * m + 4.0 * m * p,
-        CurvatureKind::Implicit => statistics + eigen + iters * (product + kron),
-        CurvatureKind::Kfac => statistics + eigen + kron + product,
+        CurvatureKind::Implicit => statistics + eigen + KFAC_HOST_FLOPS + iters * (product + kron + CG_ITERATION_FLOPS),
+        CurvatureKind::Kfac => statistics + eigen + KFAC_HOST_FLOPS + kron + pass,
         CurvatureKind::Block => {
             let blocks: f64 = shape.blocks.iter().map(|&b| (b * b) as f64).sum();
             backprop_rows + m * blocks + iters * 2.0 * blocks
@@ -237,10 +238,19 @@ pub fn step_flops(kind: CurvatureKind, shape: &Shape, cadence: Cadence) -> f64 {
     }
 }
 
+/// K-FAC's work per step that flops do not count, as flops: downloading the factors, their moving
+/// average and inverses on the host, uploading the inverses. About 0.3 ms a step on the
+/// development machine's CPU, where small products run near 20 GFLOP/s (README: the race).
+const KFAC_HOST_FLOPS: f64 = 6e6;
+/// A matrix-free CG iteration's fixed cost beyond its passes (a dozen small dispatches and host
+/// dot products), as flops: about 0.1 ms.
+const CG_ITERATION_FLOPS: f64 = 2e6;
+
 /// How much more work per step an exact representation may cost than K-FAC and still be chosen
-/// by `auto`: an exact direction needs fewer steps, but on the race's MLPs K-FAC reaches a
-/// target loss in about as many steps as the exact Fisher, so only a near-equal cost buys it.
-const EXACT_PREMIUM: f64 = 2.0;
+/// by `auto`. On digits K-FAC reaches a target loss in about as many steps as the exact Fisher,
+/// so the exact step must cost about as little; on spirals (3 classes, 195 parameters) the dense
+/// Fisher's step costs 3× K-FAC's and reaches 0.05 as soon, and 0.01 where K-FAC stalls.
+const EXACT_PREMIUM: f64 = 4.0;
 
 /// `--curvature auto`: by the memory plan and the cost model ([`step_flops`]). The cheapest exact
 /// representation that fits (dense, Woodbury, matrix-free implicit) when it costs at most

@@ -26,10 +26,26 @@ pub trait Preconditioner<B: BlasOps> {
 pub fn cg<B: BlasOps>(
     b: &B,
     op: &mut dyn Operator<B>,
+    m: Option<&mut dyn Preconditioner<B>>,
+    g: &B::Vector,
+    d: &mut B::Vector,
+    params: &CgParams,
+) -> Result<CgReport> {
+    cg_with_progress(b, op, m, g, d, params, 0.0)
+}
+
+/// [`cg`] that also stops when the quadratic model `φ(d) = ½dᵀAd − gᵀd` stops improving (Martens
+/// 2010, §4.4): at iteration i > k = max(10, i/10), when `(φ_i − φ_{i−k}) / φ_i < k·progress`.
+/// Each iteration then reads two more dot products (φ = −½(gᵀd + rᵀd)); `progress = 0` is plain
+/// [`cg`]. Martens uses 5e-4.
+pub fn cg_with_progress<B: BlasOps>(
+    b: &B,
+    op: &mut dyn Operator<B>,
     mut m: Option<&mut dyn Preconditioner<B>>,
     g: &B::Vector,
     d: &mut B::Vector,
     params: &CgParams,
+    progress: f64,
 ) -> Result<CgReport> {
     let n = b.len(g);
     let mut q = b.zeros_vector("CG product q", n)?;
@@ -57,12 +73,24 @@ pub fn cg<B: BlasOps>(
     // the largest Rayleigh quotient seen: A's scale for the breakdown test
     let mut mu = 0.0f64;
     let mut iterations = 0;
+    // φ after each iteration, for the progress rule
+    let mut phi: Vec<f64> = Vec::new();
     let outcome = loop {
         if gg == 0.0 || rr <= tol2 * gg {
             break CgOutcome::Converged;
         }
         if iterations >= params.max_iters {
             break CgOutcome::MaxIterations;
+        }
+        if progress > 0.0 && iterations > 0 {
+            phi.push(-0.5 * (b.dot(g, d)? + b.dot(&r, d)?));
+            let k = 10.max(iterations / 10);
+            if iterations > k {
+                let (now, then) = (phi[iterations - 1], phi[iterations - 1 - k]);
+                if now < 0.0 && (now - then) / now < k as f64 * progress {
+                    break CgOutcome::Stalled;
+                }
+            }
         }
         op.apply(b, &s, &mut q)?;
         let sq = b.dot(&s, &q)?;

@@ -7,4 +7,4 @@ pub mod cg;
 pub mod operator;
 
 pub use crate::backend::cg::{BREAKDOWN_RATIO, CgOutcome, CgParams, CgReport, curvature_ok};
-pub use cg::{Operator, Preconditioner, cg};
+pub use cg::{Operator, Preconditioner, cg, cg_with_progress};

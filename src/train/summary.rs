@@ -69,11 +69,13 @@ pub fn config_json(cfg: &RunConfig, mlp: &Mlp, curvature: Option<CurvatureKind>)
         "curvature_every": o.ngd.curvature_every,
         "inverse_every": o.ngd.settings.kfac.inverse_every,
         "kfac_decay": o.ngd.settings.kfac.decay,
+        "kfac_draws": o.ngd.settings.kfac.draws,
         "preconditioner": match o.ngd.settings.preconditioner {
             PreconditionerKind::Kfac => "kfac",
             PreconditionerKind::None => "none",
         },
         "warm_start": o.ngd.warm_start,
+        "cg_progress": o.ngd.settings.cg_progress,
         "cg_iters": o.ngd.cg.max_iters,
         "cg_tol": o.ngd.cg.rel_tol,
         "batch": cfg.batch,
