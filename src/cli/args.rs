@@ -253,6 +253,10 @@ pub struct TrainArgs {
     /// per iteration; Martens 2010); 0 turns the rule off.
     #[arg(long, default_value_t = NgdConfig::default().settings.cg_progress)]
     pub cg_progress: f32,
+    /// Examples of each batch the curvature is taken on (the first ones; Martens' curvature
+    /// mini-batch); 0: the whole batch.
+    #[arg(long, default_value_t = NgdConfig::default().curvature_batch)]
+    pub curvature_batch: usize,
     /// CG starts from this multiple of the last step's direction (0: from zero).
     #[arg(long, default_value_t = NgdConfig::default().warm_start)]
     pub warm_start: f32,
@@ -337,6 +341,7 @@ impl TrainArgs {
                 },
                 curvature_every: self.curvature_every,
                 warm_start: self.warm_start,
+                curvature_batch: self.curvature_batch,
                 ..NgdConfig::default()
             },
             sgd: SgdConfig {

@@ -135,6 +135,9 @@ pub struct StepInput<'a, B: Backend> {
     pub mlp: &'a Mlp,
     /// The batch, its forward pass at θ done.
     pub batch: &'a mut B::Batch,
+    /// The examples the curvature is taken on when fewer than the batch's (their forward pass at
+    /// θ done); `None`: the batch itself.
+    pub curvature_batch: Option<&'a mut B::Batch>,
     pub theta: &'a mut B::Vector,
     /// The gradient of the objective at θ on the batch.
     pub g: &'a B::Vector,

@@ -38,6 +38,9 @@ pub struct NgdConfig {
     pub curvature_every: usize,
     /// CG starts from this multiple of the last direction (Martens 2010 decays it; 0: a cold start).
     pub warm_start: f32,
+    /// Examples of each batch the curvature is taken on (Martens 2010's curvature mini-batch: the
+    /// first ones); 0 uses the whole batch.
+    pub curvature_batch: usize,
 }
 
 impl Default for NgdConfig {
@@ -59,6 +62,7 @@ impl Default for NgdConfig {
             settings: CurvatureSettings::default(),
             curvature_every: 1,
             warm_start: 1.0,
+            curvature_batch: 0,
         }
     }
 }
@@ -143,7 +147,10 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
         let mut at = At {
             mlp: step.mlp,
             theta: &*step.theta,
-            batch: &mut *step.batch,
+            batch: match step.curvature_batch.as_deref_mut() {
+                Some(sub) => sub,
+                None => &mut *step.batch,
+            },
             fisher: config.fisher,
             key: step.key,
             weight_decay: step.weight_decay,

@@ -91,7 +91,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
         mlp.check_params(theta0.len())?;
         let curvature = match config.kind {
             OptimizerKind::Ngd => {
-                let shape = Shape::of(&mlp, examples.max(1), config.ngd.fisher);
+                let rows = match config.ngd.curvature_batch {
+                    0 => examples,
+                    c => c.min(examples),
+                };
+                let shape = Shape::of(&mlp, rows.max(1), config.ngd.fisher);
                 let cadence = plan::Cadence {
                     cg_iters: config.ngd.cg.max_iters,
                     inverse_every: config.ngd.settings.kfac.inverse_every,
@@ -178,9 +182,21 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 kept: None,
             });
         }
+        // Martens' curvature mini-batch: the first examples of the batch, their own forward pass
+        let curvature_rows = self.config.ngd.curvature_batch;
+        let n = b.batch_size(&batch);
+        let mut curvature = if self.config.kind == OptimizerKind::Ngd && curvature_rows > 0 && curvature_rows < n {
+            let (d, t) = (self.mlp.inputs(), self.mlp.likelihood().target_width());
+            let mut sub = b.upload_batch(&self.mlp, &x[..curvature_rows * d], &y[..curvature_rows * t])?;
+            b.forward(&self.mlp, &self.theta, &mut sub)?;
+            Some(sub)
+        } else {
+            None
+        };
         let mut input = StepInput {
             mlp: &self.mlp,
             batch: &mut batch,
+            curvature_batch: curvature.as_mut(),
             theta: &mut self.theta,
             g: &self.g,
             objective,

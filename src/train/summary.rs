@@ -75,6 +75,7 @@ pub fn config_json(cfg: &RunConfig, mlp: &Mlp, curvature: Option<CurvatureKind>)
             PreconditionerKind::None => "none",
         },
         "warm_start": o.ngd.warm_start,
+        "curvature_batch": o.ngd.curvature_batch,
         "cg_progress": o.ngd.settings.cg_progress,
         "cg_iters": o.ngd.cg.max_iters,
         "cg_tol": o.ngd.cg.rel_tol,
