@@ -72,6 +72,29 @@ impl Eigen {
     }
 }
 
+/// What of the Kronecker-factored curvature is inverted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KroneckerForm {
+    /// `(A + π√γ I)⁻¹ ⊗ (S + √γ/π I)⁻¹` (Martens & Grosse 2015, §6.3): K-FAC's step, two small
+    /// products per layer.
+    Factored,
+    /// Only the diagonal, `1/(S_oo A_jj + γ)`: a Jacobi preconditioner from the same statistics.
+    Diagonal,
+}
+
+/// The inverse of the damped Kronecker-factored curvature, on the device.
+enum Inverse<B: Backend> {
+    Factored {
+        a: Vec<B::Matrix>,
+        s: Vec<B::Matrix>,
+    },
+    /// the diagonal's inverse, in the parameters' layout
+    Diagonal(B::Vector),
+}
+
+/// Per layer, the moving averages of A and of S, row-major f64.
+type Averages = (Vec<Vec<f64>>, Vec<Vec<f64>>);
+
 /// The per-layer Kronecker factors of a model on a device.
 pub(crate) struct KroneckerFactors<B: Backend> {
     settings: KfacSettings,
@@ -79,18 +102,20 @@ pub(crate) struct KroneckerFactors<B: Backend> {
     batch_a: Vec<B::Matrix>,
     batch_s: Vec<B::Matrix>,
     /// the moving averages, f64 on the host (None before the first batch)
-    ema: Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)>,
+    ema: Option<Averages>,
     eigen: Vec<(Eigen, Eigen)>,
     solves_since_eigen: usize,
-    /// the damped factors' inverses on the device, and the γ they were made for
-    inverses: Option<(f32, Vec<B::Matrix>, Vec<B::Matrix>)>,
+    /// what is inverted
+    form: KroneckerForm,
+    /// the inverse on the device, and the γ it was made for
+    inverses: Option<(f32, Inverse<B>)>,
     dims: Vec<(usize, usize)>,
     /// whether the raised-damping warning was given
     warned: bool,
 }
 
 impl<B: Backend> KroneckerFactors<B> {
-    pub fn new(b: &B, mlp: &Mlp, settings: KfacSettings) -> Result<Self> {
+    pub fn new(b: &B, mlp: &Mlp, settings: KfacSettings, form: KroneckerForm) -> Result<Self> {
         let dims: Vec<(usize, usize)> = mlp.layers().iter().map(|l| (l.fan_in + 1, l.fan_out)).collect();
         let zeros = |what, dim| b.zeros_matrix(what, dim, dim);
         Ok(Self {
@@ -106,6 +131,7 @@ impl<B: Backend> KroneckerFactors<B> {
             ema: None,
             eigen: Vec::new(),
             solves_since_eigen: 0,
+            form,
             inverses: None,
             dims,
             warned: false,
@@ -160,12 +186,9 @@ impl<B: Backend> KroneckerFactors<B> {
     /// Makes the inverses current for damping γ (λ plus weight decay), once per step: the
     /// eigendecompositions are refreshed every `inverse_every` calls. A factor whose
     /// decomposition fails keeps its last one, and says so; with none yet, the step is refused.
-    pub fn prepare(&mut self, b: &B, gamma: f32) -> Result<()> {
+    pub fn prepare(&mut self, b: &B, mlp: &Mlp, gamma: f32) -> Result<()> {
         let Some((ema_a, ema_s)) = &self.ema else {
-            return Err(crate::error::Error::InvalidArgument {
-                name: "K-FAC",
-                reason: "no factors yet: build before solving".into(),
-            });
+            return Err(no_factors());
         };
         let mut changed = false;
         if self.solves_since_eigen >= self.settings.inverse_every.max(1) {
@@ -191,34 +214,84 @@ impl<B: Backend> KroneckerFactors<B> {
         let current = match self.inverses.take() {
             Some(inverses) if !changed && inverses.0 == gamma => inverses,
             _ => {
-                let (mut inv_a, mut inv_s) = (Vec::new(), Vec::new());
-                for ((ea, es), &(da, ds)) in self.eigen.iter().zip(&self.dims) {
-                    let (da_inv, ds_inv, raised) = damped_inverses(ea, es, gamma as f64);
-                    if raised && !self.warned {
-                        log::warn!(
-                            "K-FAC: damping γ = {gamma:e} leaves a factor singular in f32; raised it for that factor"
-                        );
-                        self.warned = true;
-                    }
-                    inv_a.push(b.upload_matrix("K-FAC A⁻¹", da, da, &da_inv)?);
-                    inv_s.push(b.upload_matrix("K-FAC S⁻¹", ds, ds, &ds_inv)?);
+                let (inverse, raised) = match self.form {
+                    KroneckerForm::Factored => self.factored(b, gamma as f64)?,
+                    KroneckerForm::Diagonal => self.diagonal(b, mlp, gamma as f64)?,
+                };
+                if raised && !self.warned {
+                    log::warn!(
+                        "K-FAC: damping γ = {gamma:e} leaves the curvature singular in f32; raised it where it did"
+                    );
+                    self.warned = true;
                 }
-                (gamma, inv_a, inv_s)
+                (gamma, inverse)
             }
         };
         self.inverses = Some(current);
         Ok(())
     }
 
-    /// `d = (A ⊗ S + γI)⁻¹ g` (factored), layer by layer, with the γ of the last [`Self::prepare`].
+    /// The factored inverses, and whether the floor raised a damping.
+    fn factored(&self, b: &B, gamma: f64) -> Result<(Inverse<B>, bool)> {
+        let (mut a, mut s, mut raised) = (Vec::new(), Vec::new(), false);
+        for ((ea, es), &(da, ds)) in self.eigen.iter().zip(&self.dims) {
+            let (a_inv, s_inv, r) = damped_inverses(ea, es, gamma);
+            raised |= r;
+            a.push(b.upload_matrix("K-FAC A⁻¹", da, da, &a_inv)?);
+            s.push(b.upload_matrix("K-FAC S⁻¹", ds, ds, &s_inv)?);
+        }
+        Ok((Inverse::Factored { a, s }, raised))
+    }
+
+    /// `1/(S_oo A_jj + γ)` from the averaged factors' diagonals, floored at 10⁻⁷ of the largest.
+    fn diagonal(&self, b: &B, mlp: &Mlp, gamma: f64) -> Result<(Inverse<B>, bool)> {
+        let Some((ema_a, ema_s)) = &self.ema else {
+            return Err(no_factors());
+        };
+        let mut scale = vec![0.0f32; mlp.num_params()];
+        let mut raised = false;
+        for ((a, s), layer) in ema_a.iter().zip(ema_s).zip(mlp.layers()) {
+            let (wa, ws) = (layer.fan_in + 1, layer.fan_out);
+            let diag_a: Vec<f64> = (0..wa).map(|j| a[j * wa + j]).collect();
+            let diag_s: Vec<f64> = (0..ws).map(|o| s[o * ws + o]).collect();
+            let largest = diag_a.iter().cloned().fold(0.0, f64::max) * diag_s.iter().cloned().fold(0.0, f64::max);
+            let floor = 1e-7 * largest.max(1e-30);
+            for (o, s_o) in diag_s.iter().enumerate() {
+                for (j, a_j) in diag_a.iter().enumerate() {
+                    let value = s_o * a_j + gamma;
+                    raised |= value < floor;
+                    let index = if j < layer.fan_in {
+                        layer.weight + o * layer.fan_in + j
+                    } else {
+                        layer.bias + o
+                    };
+                    scale[index] = (1.0 / value.max(floor)) as f32;
+                }
+            }
+        }
+        Ok((
+            Inverse::Diagonal(b.upload_vector("K-FAC diagonal inverse", &scale)?),
+            raised,
+        ))
+    }
+
+    /// `d = M⁻¹ g`, layer by layer, with the γ of the last [`Self::prepare`].
     pub fn apply(&self, b: &B, mlp: &Mlp, g: &B::Vector, d: &mut B::Vector) -> Result<()> {
-        let Some((_, inv_a, inv_s)) = &self.inverses else {
-            return Err(crate::error::Error::InvalidArgument {
+        match &self.inverses {
+            Some((_, Inverse::Factored { a, s })) => b.kronecker_product(mlp, s, a, g, d),
+            Some((_, Inverse::Diagonal(scale))) => b.scale_add(scale, g, 0.0, d),
+            None => Err(crate::error::Error::InvalidArgument {
                 name: "K-FAC",
                 reason: "no inverses yet: prepare before applying".into(),
-            });
-        };
-        b.kronecker_product(mlp, inv_s, inv_a, g, d)
+            }),
+        }
+    }
+}
+
+fn no_factors() -> crate::error::Error {
+    crate::error::Error::InvalidArgument {
+        name: "K-FAC",
+        reason: "no factors yet: build before solving".into(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! solved by conjugate gradient preconditioned with K-FAC's factors (or not at all). Neither G nor
 //! F is formed: memory O(batch × layer widths).
 
-use super::factors::KroneckerFactors;
+use super::factors::{KroneckerFactors, KroneckerForm};
 use super::{
     At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, PreconditionerKind, Representation, Shape,
 };
@@ -35,10 +35,14 @@ impl Representation for Implicit {
         mlp: &Mlp,
         settings: &CurvatureSettings,
     ) -> Result<Box<dyn Curvature<B> + 'a>> {
-        let preconditioner = match settings.preconditioner {
-            PreconditionerKind::Kfac => Some(KroneckerFactors::new(b, mlp, settings.kfac)?),
+        let form = match settings.preconditioner {
+            PreconditionerKind::Kfac => Some(KroneckerForm::Factored),
+            PreconditionerKind::Diagonal => Some(KroneckerForm::Diagonal),
             PreconditionerKind::None => None,
         };
+        let preconditioner = form
+            .map(|form| KroneckerFactors::new(b, mlp, settings.kfac, form))
+            .transpose()?;
         Ok(Box::new(MatrixFree::<B> {
             d: DampingDiagonal::new(mlp),
             progress: settings.cg_progress as f64,
@@ -75,7 +79,7 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
         let mut op = FisherOperator { at, diag };
         match &mut self.preconditioner {
             Some(factors) => {
-                factors.prepare(b, gamma)?;
+                factors.prepare(b, op.at.mlp, gamma)?;
                 let mut m = KfacPreconditioner {
                     factors,
                     mlp: op.at.mlp,

@@ -3,7 +3,7 @@
 //! damping; the step is `S⁻¹ ∇W A⁻¹` per layer, two small products. The trust region's `dᵀFd` is
 //! the exact Fisher's, from one matrix-free product, so `--kl` means what it means elsewhere.
 
-use super::factors::KroneckerFactors;
+use super::factors::{KroneckerFactors, KroneckerForm};
 use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Representation, Shape, implicit};
 use crate::backend::{Backend, CgOutcome, CgParams, CgReport};
 use crate::error::Result;
@@ -33,7 +33,7 @@ impl Representation for Kfac {
         settings: &CurvatureSettings,
     ) -> Result<Box<dyn Curvature<B> + 'a>> {
         Ok(Box::new(KroneckerFactored::<B> {
-            factors: KroneckerFactors::new(b, mlp, settings.kfac)?,
+            factors: KroneckerFactors::new(b, mlp, settings.kfac, KroneckerForm::Factored)?,
             d: DampingDiagonal::new(mlp),
         }))
     }
@@ -58,7 +58,7 @@ impl<B: Backend> Curvature<B> for KroneckerFactored<B> {
         d: &mut B::Vector,
         _: &CgParams,
     ) -> Result<CgReport> {
-        self.factors.prepare(b, damping + at.weight_decay)?;
+        self.factors.prepare(b, at.mlp, damping + at.weight_decay)?;
         self.factors.apply(b, at.mlp, g, d)?;
         // no iteration, and no residual of the exact system measured
         Ok(CgReport {

@@ -57,9 +57,11 @@ impl Default for CurvatureSettings {
 /// `--preconditioner`: what matrix-free CG (`implicit`) is preconditioned with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum PreconditionerKind {
-    /// K-FAC's damped Kronecker factors: few CG iterations for the exact direction.
+    /// K-FAC's damped Kronecker factors: on the race, CG stopped early gives a better direction.
     #[default]
     Kfac,
+    /// The diagonal of K-FAC's factors (Jacobi).
+    Diagonal,
     None,
 }
 

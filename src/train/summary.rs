@@ -72,6 +72,7 @@ pub fn config_json(cfg: &RunConfig, mlp: &Mlp, curvature: Option<CurvatureKind>)
         "kfac_draws": o.ngd.settings.kfac.draws,
         "preconditioner": match o.ngd.settings.preconditioner {
             PreconditionerKind::Kfac => "kfac",
+            PreconditionerKind::Diagonal => "diagonal",
             PreconditionerKind::None => "none",
         },
         "warm_start": o.ngd.warm_start,
