@@ -176,44 +176,46 @@ pub fn run<B: Backend>(b: &B, device: &DeviceInfo, cfg: &BenchConfig) -> Result<
         let mut batch = b.upload_batch(&mlp, &x, &labels)?;
         b.forward(&mlp, &theta, &mut batch)?;
         let chunk = scores::chunk_rows(b, pm, n)?;
-        let mut rows = b.zeros_matrix("G chunk", chunk, pm)?;
-        let mut last = b.zeros_matrix("G last chunk", n - (n - 1) / chunk * chunk, pm)?;
+        let (kind, key) = (FisherKind::Empirical, SampleKey::default());
         let t = measure(b, cfg.repeats, &mut || {
-            for start in (0..n).step_by(chunk) {
-                let end = (start + chunk).min(n);
-                let out = if end - start == chunk { &mut rows } else { &mut last };
-                b.score_rows(
-                    &mlp,
-                    &theta,
-                    &mut batch,
-                    FisherKind::Empirical,
-                    SampleKey::default(),
-                    start..end,
-                    out,
-                )?;
-            }
-            Ok(())
+            scores::for_each_chunk(b, &mlp, &theta, &mut batch, kind, key, chunk, |_, _| Ok(()))
         })?;
         // G's bytes written
         record("scores", n, pm, t, Work::Bytes(4.0 * n as f64 * pm as f64));
-        drop((rows, last, batch, theta));
+        drop((batch, theta));
 
-        let config = {
-            let mut config = OptimConfig::new(OptimizerKind::Ngd, 1.0);
-            config.ngd.fisher = FisherKind::Empirical;
-            config.ngd.cg = cg;
-            config
+        let steps: Vec<(String, OptimConfig)> = {
+            let ngd = |kind: CurvatureKind, fisher| {
+                let mut config = OptimConfig::new(OptimizerKind::Ngd, 1.0);
+                config.ngd.fisher = fisher;
+                config.ngd.cg = cg;
+                config.ngd.curvature = CurvatureChoice::Kind(kind);
+                // a fixed count of CG iterations, as the dense solve's
+                config.ngd.settings.cg_progress = 0.0;
+                config
+            };
+            let mut all = vec![
+                ("adam_step".to_string(), OptimConfig::new(OptimizerKind::Adam, 0.01)),
+                ("sgd_step".to_string(), OptimConfig::new(OptimizerKind::Sgd, 0.1)),
+            ];
+            for &kind in CurvatureKind::ALL {
+                // the representations that form G or F take the empirical Fisher (one score row
+                // an example); matrix-free and K-FAC take the exact one, which costs them little
+                let fisher = match kind {
+                    CurvatureKind::Implicit | CurvatureKind::Kfac => FisherKind::Exact,
+                    _ => FisherKind::Empirical,
+                };
+                let op = match kind {
+                    CurvatureKind::Dense => "ngd_step".to_string(),
+                    other => format!("ngd_step_{}", other.name()),
+                };
+                all.push((op, ngd(kind, fisher)));
+            }
+            all
         };
-        // one step per curvature representation: "ngd_step" is the dense one
-        for &kind in CurvatureKind::ALL {
-            let mut config = config;
-            config.ngd.curvature = CurvatureChoice::Kind(kind);
+        for (op, config) in steps {
             let mut trainer = Trainer::new(b, mlp.clone(), &mlp.init(0), config, n, 0)?;
             let t = measure(b, cfg.repeats, &mut || trainer.step(&x, &labels).map(|_| ()))?;
-            let op = match kind {
-                CurvatureKind::Dense => "ngd_step".to_string(),
-                other => format!("ngd_step_{}", other.name()),
-            };
             record(&op, n, pm, t, Work::None);
         }
     }

@@ -56,7 +56,8 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    let parallelism = if m * n * k > 1 << 20 {
+    // below a few million multiply-adds, waking rayon's pool costs more than a second core saves
+    let parallelism = if m * n * k > 1 << 22 {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None

@@ -27,6 +27,9 @@ pub struct CpuBatch {
     delta: Vec<Vec<f32>>,
     /// the output-space Fisher's factors of the last forward pass, for (kind, key)
     factors: Option<(FisherKind, SampleKey, Vec<f32>)>,
+    /// σ'(z) of each hidden layer at the last forward pass, made on first use (empty until
+    /// then): every backward and forward-mode pass multiplies by it
+    slopes: Vec<Vec<f32>>,
 }
 
 impl CpuBatch {
@@ -49,6 +52,12 @@ impl CpuBatch {
     }
 }
 
+/// Rows of output seeds from which filling them is worth rayon's pool. The per-element loops of
+/// the passes (bias, activation, its derivative, the output Hessian) run on one thread: handing
+/// them to the pool and waiting costs tens of microseconds, more than they take, and the matrix
+/// products around them carry the parallelism.
+const PARALLEL_ROWS: usize = 4096;
+
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -67,6 +76,7 @@ pub fn upload(mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<CpuBatch> {
         act,
         delta: Vec::new(),
         factors: None,
+        slopes: Vec::new(),
     })
 }
 
@@ -74,6 +84,7 @@ pub fn forward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch) -> Result<()> {
     mlp.check_params(theta.len())?;
     mlp.check_widths(&batch.widths)?;
     batch.factors = None;
+    batch.slopes.clear();
     let n = batch.n;
     let last = mlp.layers().len() - 1;
     let activation = mlp.activation();
@@ -90,11 +101,11 @@ pub fn forward(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch) -> Result<()> {
             0.0,
         );
         let bias = &theta[layer.bias..layer.bias + layer.fan_out];
-        z.par_chunks_mut(layer.fan_out)
+        z.chunks_mut(layer.fan_out)
             .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
         if l < last {
             batch.act[l]
-                .par_iter_mut()
+                .iter_mut()
                 .zip(&z)
                 .for_each(|(a, v)| *a = activation.apply(*v as f64) as f32);
         }
@@ -108,7 +119,6 @@ pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> Result<BatchLoss> {
     let (out, t) = (mlp.outputs(), mlp.likelihood().target_width());
     let logits = &batch.z[batch.z.len() - 1];
     let (nll, correct) = (0..batch.n)
-        .into_par_iter()
         .map(|i| {
             let z = f64s(&logits[i * out..(i + 1) * out]);
             let y = f64s(&batch.targets[i * t..(i + 1) * t]);
@@ -117,7 +127,7 @@ pub fn batch_loss(mlp: &Mlp, batch: &CpuBatch) -> Result<BatchLoss> {
                 mlp.likelihood().correct(&z, &y) as usize as f64,
             )
         })
-        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     let n = batch.n as f64;
     let accuracy = if mlp.likelihood().is_classification() {
         correct / n
@@ -150,7 +160,7 @@ fn write_seeds(mlp: &Mlp, batch: &CpuBatch, kind: FisherKind, key: SampleKey, ro
         // the C rows of an example share one softmax: √p_c (e_c − p), computed once per example
         let first = rows.start / per_example;
         delta[..rows.len() * out]
-            .par_chunks_mut(out * out)
+            .chunks_mut(out * out)
             .enumerate()
             .for_each(|(k, block)| {
                 let e = first + k;
@@ -164,17 +174,33 @@ fn write_seeds(mlp: &Mlp, batch: &CpuBatch, kind: FisherKind, key: SampleKey, ro
             });
         return;
     }
-    delta[..rows.len() * out]
-        .par_chunks_mut(out)
-        .enumerate()
-        .for_each(|(k, row)| {
-            let q = rows.start + k;
-            let e = q / per_example;
-            let z = f64s(&logits[e * out..(e + 1) * out]);
-            let y = f64s(&targets[e * t..(e + 1) * t]);
-            let seed = fisher::output_seed(mlp.likelihood(), kind, &z, &y, e as u32, (q % per_example) as u32, key);
-            row.iter_mut().zip(seed).for_each(|(d, s)| *d = s as f32);
-        });
+    let row = |(k, row): (usize, &mut [f32])| {
+        let q = rows.start + k;
+        let e = q / per_example;
+        let z = f64s(&logits[e * out..(e + 1) * out]);
+        let y = f64s(&targets[e * t..(e + 1) * t]);
+        let seed = fisher::output_seed(mlp.likelihood(), kind, &z, &y, e as u32, (q % per_example) as u32, key);
+        row.iter_mut().zip(seed).for_each(|(d, s)| *d = s as f32);
+    };
+    // a seed is a few hundred nanoseconds: the pool pays only for many rows
+    let delta = &mut delta[..rows.len() * out];
+    if rows.len() >= PARALLEL_ROWS {
+        delta.par_chunks_mut(out).enumerate().for_each(row);
+    } else {
+        delta.chunks_mut(out).enumerate().for_each(row);
+    }
+}
+
+/// Makes σ'(z) of every hidden layer at the last forward pass, once per forward pass.
+fn ensure_slopes(mlp: &Mlp, batch: &mut CpuBatch) {
+    if batch.slopes.is_empty() {
+        let activation = mlp.activation();
+        let hidden = &batch.z[..batch.z.len() - 1];
+        batch.slopes = hidden
+            .iter()
+            .map(|z| z.iter().map(|&v| activation.derivative(v as f64) as f32).collect())
+            .collect();
+    }
 }
 
 /// δ_{l−1} = (δ_l W_l) ⊙ σ'(z_{l−1}) for `count` rows, `per_example` rows per example from `row0`.
@@ -191,15 +217,16 @@ fn back(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, l: usize, count: usize, 
         1.0,
         0.0,
     );
-    let (z, width, activation) = (&batch.z[l - 1], layer.fan_in, mlp.activation());
+    ensure_slopes(mlp, batch);
+    let (slope, width) = (&batch.slopes[l - 1], layer.fan_in);
     below[..count * width]
-        .par_chunks_mut(width)
+        .chunks_mut(width)
         .enumerate()
         .for_each(|(k, row)| {
             let e = (row0 + k) / per_example;
-            for (d, zv) in row.iter_mut().zip(&z[e * width..(e + 1) * width]) {
-                *d *= activation.derivative(*zv as f64) as f32;
-            }
+            row.iter_mut()
+                .zip(&slope[e * width..(e + 1) * width])
+                .for_each(|(d, s)| *d *= s);
         });
     batch.delta[l - 1] = below;
 }
@@ -251,10 +278,11 @@ pub fn gradient(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, weight_decay: f3
 
 /// The directional derivative of the network's outputs along v (an R-op through every layer):
 /// `J v`, n × outputs. ż_l = ȧ_{l−1} W_lᵀ + a_{l−1} V_lᵀ + v_b, ȧ_l = σ'(z_l) ⊙ ż_l, ȧ_0 = 0.
-fn jvp(mlp: &Mlp, theta: &[f32], batch: &CpuBatch, v: &[f32]) -> Vec<f32> {
+fn jvp(mlp: &Mlp, theta: &[f32], batch: &mut CpuBatch, v: &[f32]) -> Vec<f32> {
     let n = batch.n;
     let last = mlp.layers().len() - 1;
     let mut below: Vec<f32> = Vec::new();
+    ensure_slopes(mlp, batch);
     for (l, layer) in mlp.layers().iter().enumerate() {
         let mut t = vec![0.0f32; n * layer.fan_out];
         let dims = (n, layer.fan_out, layer.fan_in);
@@ -283,17 +311,11 @@ fn jvp(mlp: &Mlp, theta: &[f32], batch: &CpuBatch, v: &[f32]) -> Vec<f32> {
             );
         }
         let bias = &v[layer.bias..layer.bias + layer.fan_out];
-        let (z, activation) = (&batch.z[l], mlp.activation());
-        t.par_chunks_mut(layer.fan_out)
-            .zip(z.par_chunks(layer.fan_out))
-            .for_each(|(row, zr)| {
-                for ((tv, b), zv) in row.iter_mut().zip(bias).zip(zr) {
-                    *tv += b;
-                    if l < last {
-                        *tv *= activation.derivative(*zv as f64) as f32;
-                    }
-                }
-            });
+        t.chunks_mut(layer.fan_out)
+            .for_each(|row| row.iter_mut().zip(bias).for_each(|(tv, b)| *tv += b));
+        if l < last {
+            t.iter_mut().zip(&batch.slopes[l]).for_each(|(tv, s)| *tv *= s);
+        }
         below = t;
     }
     below
@@ -332,14 +354,17 @@ pub fn fisher_product(
     let (n, out) = (batch.n, mlp.outputs());
     let per_example = kind.rows_per_example(mlp.likelihood());
     let u = jvp(mlp, theta, batch, v);
-    let factors = output_factors(mlp, batch, kind, key).to_vec();
+    output_factors(mlp, batch, kind, key);
+    // the factors move out while the scratch beside them is written, and back after
+    let cached = batch.factors.take();
+    let factors = cached.as_ref().map_or(&[][..], |f| f.2.as_slice());
     ensure_deltas(mlp, batch, n);
     let last = mlp.layers().len() - 1;
     // w_i = H_i u_i = Σ_r s_ir (s_irᵀ u_i)
     batch.delta[last][..n * out]
-        .par_chunks_mut(out)
-        .zip(u.par_chunks(out))
-        .zip(factors.par_chunks(per_example * out))
+        .chunks_mut(out)
+        .zip(u.chunks(out))
+        .zip(factors.chunks(per_example * out))
         .for_each(|((w, ui), s)| {
             w.fill(0.0);
             for sr in s.chunks_exact(out) {
@@ -347,6 +372,7 @@ pub fn fisher_product(
                 w.iter_mut().zip(sr).for_each(|(wv, sv)| *wv += dot * sv);
             }
         });
+    batch.factors = cached;
     backward(mlp, theta, batch, scale, 0.0, y);
     Ok(())
 }
