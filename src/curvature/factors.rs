@@ -1,14 +1,14 @@
 //! K-FAC's Kronecker factors (Martens & Grosse 2015), shared by the `kfac` representation and the
-//! K-FAC preconditioner of matrix-free CG: per layer `A = E[ā āᵀ]` and `S = E[δ δᵀ]` from the
-//! device's batch statistics, kept as exponential moving averages in f64 on the host, their
-//! eigendecompositions refreshed every `inverse_every` solves, and the inverses of the factored
-//! Tikhonov-damped factors `(A + π√γ I)⁻¹`, `(S + √γ/π I)⁻¹` on the device.
+//! preconditioners of matrix-free CG: per layer `A = E[ā āᵀ]` and `S = E[δ δᵀ]` from the
+//! device's batch statistics, kept as exponential moving averages in f64 on the host, and every
+//! `inverse_every` solves (or when the damping changes) the inverses of the factored
+//! Tikhonov-damped factors `(A + π√γ I)⁻¹`, `(S + √γ/π I)⁻¹` by Cholesky in f64, on the device.
 
-use nalgebra::{DMatrix, SymmetricEigen};
+use nalgebra::DMatrix;
 
 use super::At;
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
 
 /// K-FAC's cadences and averaging.
@@ -16,7 +16,7 @@ use crate::model::{FisherKind, Mlp};
 pub struct KfacSettings {
     /// Weight of the old factors in their exponential moving average (0: this batch only).
     pub decay: f32,
-    /// Solves between refreshes of the factors' eigendecompositions.
+    /// Solves between refreshes of the factors' inverses.
     pub inverse_every: usize,
     /// Under the exact Fisher, S's expectation over the model's labels is estimated from this
     /// many labels drawn per example (an unbiased estimate the moving average smooths; C times
@@ -34,42 +34,27 @@ impl Default for KfacSettings {
     }
 }
 
-/// A symmetric factor's eigendecomposition `Q diag(e) Qᵀ`.
-struct Eigen {
-    q: DMatrix<f64>,
-    e: Vec<f64>,
-    /// tr/dim: the factor's average eigenvalue, for π
-    scale: f64,
-}
-
-impl Eigen {
-    /// The decomposition of `m` (dim²), or `None` if it holds a non-finite value.
-    fn of(m: &[f64], dim: usize) -> Option<Self> {
-        if m.iter().any(|v| !v.is_finite()) {
-            return None;
+/// `(M + δI)⁻¹` of a symmetric positive semi-definite `dim × dim` matrix, by Cholesky in f64, as
+/// f32. Where f64 finds `M + δI` not positive definite (δ tiny on a singular factor, rounding),
+/// δ grows tenfold from 10⁻⁷ of M's mean diagonal until it is; the δ used is returned.
+fn damped_inverse(m: &[f64], dim: usize, delta: f64) -> Option<(Vec<f32>, f64)> {
+    if m.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let scale = (0..dim).map(|i| m[i * dim + i]).sum::<f64>() / dim as f64;
+    let mut delta = delta.max(0.0);
+    for _ in 0..40 {
+        let mut damped = DMatrix::from_row_slice(dim, dim, m);
+        (0..dim).for_each(|i| damped[(i, i)] += delta);
+        if let Some(inverse) = damped.cholesky().map(|c| c.inverse()) {
+            if inverse.iter().all(|v| v.is_finite() && v.abs() < f32::MAX as f64) {
+                let out = (0..dim * dim).map(|k| inverse[(k / dim, k % dim)] as f32).collect();
+                return Some((out, delta));
+            }
         }
-        let eig = SymmetricEigen::new(DMatrix::from_row_slice(dim, dim, m));
-        // a statistic of outer products is positive semi-definite: negative eigenvalues are
-        // rounding
-        let e: Vec<f64> = eig.eigenvalues.iter().map(|v| v.max(0.0)).collect();
-        let scale = e.iter().sum::<f64>() / dim as f64;
-        (e.iter().all(|v| v.is_finite()) && eig.eigenvectors.iter().all(|v| v.is_finite())).then_some(Self {
-            q: eig.eigenvectors,
-            e,
-            scale,
-        })
+        delta = (delta * 10.0).max(1e-7 * scale.max(f64::MIN_POSITIVE));
     }
-
-    /// `(M + δI)⁻¹` as f32, row-major.
-    fn inverse(&self, delta: f64) -> Vec<f32> {
-        let inv = DMatrix::from_diagonal(&nalgebra::DVector::from_iterator(
-            self.e.len(),
-            self.e.iter().map(|e| 1.0 / (e + delta)),
-        ));
-        let m = &self.q * inv * self.q.transpose();
-        let dim = self.e.len();
-        (0..dim * dim).map(|k| m[(k / dim, k % dim)] as f32).collect()
-    }
+    None
 }
 
 /// What of the Kronecker-factored curvature is inverted.
@@ -103,8 +88,8 @@ pub(crate) struct KroneckerFactors<B: Backend> {
     batch_s: Vec<B::Matrix>,
     /// the moving averages, f64 on the host (None before the first batch)
     ema: Option<Averages>,
-    eigen: Vec<(Eigen, Eigen)>,
-    solves_since_eigen: usize,
+    /// solves since the inverses were made (past `inverse_every`, they are made again)
+    solves_since_inverse: usize,
     /// what is inverted
     form: KroneckerForm,
     /// the inverse on the device, and the γ it was made for
@@ -129,8 +114,7 @@ impl<B: Backend> KroneckerFactors<B> {
                 .map(|d| zeros("K-FAC factor S", d.1))
                 .collect::<Result<_>>()?,
             ema: None,
-            eigen: Vec::new(),
-            solves_since_eigen: 0,
+            solves_since_inverse: usize::MAX,
             form,
             inverses: None,
             dims,
@@ -169,8 +153,8 @@ impl<B: Backend> KroneckerFactors<B> {
         match &mut self.ema {
             None => {
                 self.ema = Some((a, s));
-                // the first factors: decompose them at the next solve
-                self.solves_since_eigen = usize::MAX;
+                // the first factors: invert them at the next solve
+                self.solves_since_inverse = usize::MAX;
             }
             Some((ema_a, ema_s)) => {
                 for (old, new) in ema_a.iter_mut().chain(ema_s.iter_mut()).zip(a.iter().chain(&s)) {
@@ -183,68 +167,69 @@ impl<B: Backend> KroneckerFactors<B> {
         Ok(())
     }
 
-    /// Makes the inverses current for damping γ (λ plus weight decay), once per step: the
-    /// eigendecompositions are refreshed every `inverse_every` calls. A factor whose
-    /// decomposition fails keeps its last one, and says so; with none yet, the step is refused.
+    /// Makes the inverses current for damping γ (λ plus weight decay), once per step: they are
+    /// made again every `inverse_every` calls and whenever γ changes. A factor that cannot be
+    /// inverted keeps the last inverses and says so; with none yet, the step is refused.
     pub fn prepare(&mut self, b: &B, mlp: &Mlp, gamma: f32) -> Result<()> {
-        let Some((ema_a, ema_s)) = &self.ema else {
-            return Err(no_factors());
-        };
-        let mut changed = false;
-        if self.solves_since_eigen >= self.settings.inverse_every.max(1) {
-            let fresh: Vec<Option<(Eigen, Eigen)>> = ema_a
-                .iter()
-                .zip(ema_s)
-                .zip(&self.dims)
-                .map(|((a, s), &(da, ds))| Some((Eigen::of(a, da)?, Eigen::of(s, ds)?)))
-                .collect();
-            if fresh.iter().all(Option::is_some) {
-                self.eigen = fresh.into_iter().flatten().collect();
-                changed = true;
-            } else if self.eigen.is_empty() {
-                return Err(crate::error::Error::Gpu(
-                    "K-FAC: the first factors could not be decomposed (non-finite values)".into(),
-                ));
-            } else {
-                log::warn!("K-FAC: a factor failed to decompose; kept the last inverses");
-            }
-            self.solves_since_eigen = 0;
+        let due = self.solves_since_inverse >= self.settings.inverse_every.max(1);
+        self.solves_since_inverse = self.solves_since_inverse.saturating_add(1);
+        if !due && self.inverses.as_ref().is_some_and(|inv| inv.0 == gamma) {
+            return Ok(());
         }
-        self.solves_since_eigen = self.solves_since_eigen.saturating_add(1);
-        let current = match self.inverses.take() {
-            Some(inverses) if !changed && inverses.0 == gamma => inverses,
-            _ => {
-                let (inverse, raised) = match self.form {
-                    KroneckerForm::Factored => self.factored(b, gamma as f64)?,
-                    KroneckerForm::Diagonal => self.diagonal(b, mlp, gamma as f64)?,
-                };
+        let made = match self.form {
+            KroneckerForm::Factored => self.factored(b, gamma as f64)?,
+            KroneckerForm::Diagonal => self.diagonal(b, mlp, gamma as f64)?,
+        };
+        match made {
+            Some((inverse, raised)) => {
                 if raised && !self.warned {
-                    log::warn!(
-                        "K-FAC: damping γ = {gamma:e} leaves the curvature singular in f32; raised it where it did"
-                    );
+                    log::warn!("K-FAC: damping γ = {gamma:e} leaves a factor singular; raised it for that factor");
                     self.warned = true;
                 }
-                (gamma, inverse)
+                self.inverses = Some((gamma, inverse));
+                self.solves_since_inverse = 1;
             }
-        };
-        self.inverses = Some(current);
+            None if self.inverses.is_some() => {
+                log::warn!("K-FAC: a factor could not be inverted; kept the last inverses");
+            }
+            None => {
+                return Err(Error::InvalidArgument {
+                    name: "K-FAC",
+                    reason: "the first factors could not be inverted (non-finite values)".into(),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// The factored inverses, and whether the floor raised a damping.
-    fn factored(&self, b: &B, gamma: f64) -> Result<(Inverse<B>, bool)> {
+    /// Factored Tikhonov damping (Martens & Grosse 2015, §6.3): `(A + π√γ I)⁻¹` and
+    /// `(S + √γ/π I)⁻¹` with `π = √((tr A / dim A) / (tr S / dim S))`, which balances the two
+    /// factors' scales. `None` if a factor cannot be inverted; the flag says whether a damping
+    /// had to be raised.
+    fn factored(&self, b: &B, gamma: f64) -> Result<Option<(Inverse<B>, bool)>> {
+        let Some((ema_a, ema_s)) = &self.ema else {
+            return Err(no_factors());
+        };
         let (mut a, mut s, mut raised) = (Vec::new(), Vec::new(), false);
-        for ((ea, es), &(da, ds)) in self.eigen.iter().zip(&self.dims) {
-            let (a_inv, s_inv, r) = damped_inverses(ea, es, gamma);
-            raised |= r;
+        for ((fa, fs), &(da, ds)) in ema_a.iter().zip(ema_s).zip(&self.dims) {
+            let mean_diag = |m: &[f64], dim: usize| (0..dim).map(|i| m[i * dim + i]).sum::<f64>() / dim as f64;
+            let (ta, ts) = (mean_diag(fa, da), mean_diag(fs, ds));
+            let pi = if ta > 0.0 && ts > 0.0 { (ta / ts).sqrt() } else { 1.0 };
+            let root = gamma.sqrt();
+            let (Some((a_inv, used_a)), Some((s_inv, used_s))) =
+                (damped_inverse(fa, da, pi * root), damped_inverse(fs, ds, root / pi))
+            else {
+                return Ok(None);
+            };
+            raised |= used_a > pi * root || used_s > root / pi;
             a.push(b.upload_matrix("K-FAC A⁻¹", da, da, &a_inv)?);
             s.push(b.upload_matrix("K-FAC S⁻¹", ds, ds, &s_inv)?);
         }
-        Ok((Inverse::Factored { a, s }, raised))
+        Ok(Some((Inverse::Factored { a, s }, raised)))
     }
 
     /// `1/(S_oo A_jj + γ)` from the averaged factors' diagonals, floored at 10⁻⁷ of the largest.
-    fn diagonal(&self, b: &B, mlp: &Mlp, gamma: f64) -> Result<(Inverse<B>, bool)> {
+    fn diagonal(&self, b: &B, mlp: &Mlp, gamma: f64) -> Result<Option<(Inverse<B>, bool)>> {
         let Some((ema_a, ema_s)) = &self.ema else {
             return Err(no_factors());
         };
@@ -269,10 +254,10 @@ impl<B: Backend> KroneckerFactors<B> {
                 }
             }
         }
-        Ok((
+        Ok(Some((
             Inverse::Diagonal(b.upload_vector("K-FAC diagonal inverse", &scale)?),
             raised,
-        ))
+        )))
     }
 
     /// `d = M⁻¹ g`, layer by layer, with the γ of the last [`Self::prepare`].
@@ -280,7 +265,7 @@ impl<B: Backend> KroneckerFactors<B> {
         match &self.inverses {
             Some((_, Inverse::Factored { a, s })) => b.kronecker_product(mlp, s, a, g, d),
             Some((_, Inverse::Diagonal(scale))) => b.scale_add(scale, g, 0.0, d),
-            None => Err(crate::error::Error::InvalidArgument {
+            None => Err(Error::InvalidArgument {
                 name: "K-FAC",
                 reason: "no inverses yet: prepare before applying".into(),
             }),
@@ -288,26 +273,9 @@ impl<B: Backend> KroneckerFactors<B> {
     }
 }
 
-fn no_factors() -> crate::error::Error {
-    crate::error::Error::InvalidArgument {
+fn no_factors() -> Error {
+    Error::InvalidArgument {
         name: "K-FAC",
         reason: "no factors yet: build before solving".into(),
     }
-}
-
-/// Factored Tikhonov damping (Martens & Grosse 2015, §6.3): `A + π√γ I` and `S + (√γ/π) I` with
-/// `π = √((tr A / dim A) / (tr S / dim S))`, which balances the two factors' scales. A floor keeps
-/// each damped factor invertible in f32 however small γ is: its smallest eigenvalue at least
-/// 10⁻⁷ of its largest (a tiny γ on a rank-deficient factor would otherwise make 1/0).
-/// Returns the inverses and whether the floor raised a damping.
-fn damped_inverses(a: &Eigen, s: &Eigen, gamma: f64) -> (Vec<f32>, Vec<f32>, bool) {
-    let pi = if a.scale > 0.0 && s.scale > 0.0 {
-        (a.scale / s.scale).sqrt()
-    } else {
-        1.0
-    };
-    let root = gamma.sqrt();
-    let floor = |e: &Eigen| 1e-7 * e.e.iter().cloned().fold(0.0, f64::max).max(1e-30);
-    let (da, ds) = ((pi * root).max(floor(a)), (root / pi).max(floor(s)));
-    (a.inverse(da), s.inverse(ds), da > pi * root || ds > root / pi)
 }

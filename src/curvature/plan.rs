@@ -198,7 +198,7 @@ pub struct Cadence {
 /// (Σ fan_in·fan_out) and m the score rows: a pass over the batch is 2nL, back-propagating every
 /// score row 2mL; the dense Fisher is m·p² to build and 2p² per CG iteration; Woodbury's Gram
 /// matrix m²·p; a matrix-free product three passes; K-FAC's statistics m·Σout² + n·Σin², its
-/// eigendecompositions about 10·Σ(in³ + out³) every `inverse_every` steps, its step two small
+/// Cholesky inverses about 2·Σ(in³ + out³) every `inverse_every` steps, its step two small
 /// products per layer, and one forward-mode pass for the trust region; host work and small
 /// dispatches are counted as the flops they take the time of.
 pub fn step_flops(kind: CurvatureKind, shape: &Shape, cadence: Cadence) -> f64 {
@@ -219,17 +219,19 @@ pub fn step_flops(kind: CurvatureKind, shape: &Shape, cadence: Cadence) -> f64 {
             .iter()
             .map(|&(i, o)| 2.0 * (m * (o * o) as f64 + n * ((i + 1) * (i + 1)) as f64))
             .sum::<f64>();
-    let eigen: f64 = shape
+    let inverses: f64 = shape
         .layers
         .iter()
-        .map(|&(i, o)| 10.0 * (((i + 1).pow(3) + o.pow(3)) as f64))
+        .map(|&(i, o)| 2.0 * (((i + 1).pow(3) + o.pow(3)) as f64))
         .sum::<f64>()
         / cadence.inverse_every.max(1) as f64;
     match kind {
         CurvatureKind::Dense => backprop_rows + m * p * p + iters * 2.0 * p * p,
         CurvatureKind::Woodbury => backprop_rows + m * m * p + iters.max(m) * 2.0 * m * m + 4.0 * m * p,
-        CurvatureKind::Implicit => statistics + eigen + KFAC_HOST_FLOPS + iters * (product + kron + CG_ITERATION_FLOPS),
-        CurvatureKind::Kfac => statistics + eigen + KFAC_HOST_FLOPS + kron + pass,
+        CurvatureKind::Implicit => {
+            statistics + inverses + KFAC_HOST_FLOPS + iters * (product + kron + CG_ITERATION_FLOPS)
+        }
+        CurvatureKind::Kfac => statistics + inverses + KFAC_HOST_FLOPS + kron + pass,
         CurvatureKind::Block => {
             let blocks: f64 = shape.blocks.iter().map(|&b| (b * b) as f64).sum();
             backprop_rows + m * blocks + iters * 2.0 * blocks
