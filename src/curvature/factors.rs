@@ -46,11 +46,11 @@ fn damped_inverse(m: &[f64], dim: usize, delta: f64) -> Option<(Vec<f32>, f64)> 
     for _ in 0..40 {
         let mut damped = DMatrix::from_row_slice(dim, dim, m);
         (0..dim).for_each(|i| damped[(i, i)] += delta);
-        if let Some(inverse) = damped.cholesky().map(|c| c.inverse()) {
-            if inverse.iter().all(|v| v.is_finite() && v.abs() < f32::MAX as f64) {
-                let out = (0..dim * dim).map(|k| inverse[(k / dim, k % dim)] as f32).collect();
-                return Some((out, delta));
-            }
+        if let Some(inverse) = damped.cholesky().map(|c| c.inverse())
+            && inverse.iter().all(|v| v.is_finite() && v.abs() < f32::MAX as f64)
+        {
+            let out = (0..dim * dim).map(|k| inverse[(k / dim, k % dim)] as f32).collect();
+            return Some((out, delta));
         }
         delta = (delta * 10.0).max(1e-7 * scale.max(f64::MIN_POSITIVE));
     }
