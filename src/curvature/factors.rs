@@ -8,7 +8,7 @@
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 
-use super::At;
+use super::{At, Need, Shape};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
@@ -34,6 +34,22 @@ impl Default for KfacSettings {
             draws: 1,
         }
     }
+}
+
+/// What the factors hold on a device, and the passes that make them: per layer the batch's
+/// statistics and the inverses, and the backward scratch and tangents of the batch.
+pub fn needs(shape: &Shape) -> Vec<Need> {
+    let sq = |d: usize| 4 * (d as u64).pow(2);
+    let layers = &shape.layers;
+    vec![
+        shape.pass_scratch(),
+        Need {
+            buffer: "K-FAC factors and their inverses",
+            shape: format!("{} layers", layers.len()),
+            piece: layers.iter().map(|&(i, o)| sq(i + 1).max(sq(o))).max().unwrap_or(0),
+            total: 2 * layers.iter().map(|&(i, o)| sq(i + 1) + sq(o)).sum::<u64>(),
+        },
+    ]
 }
 
 /// `(M + δI)⁻¹` of a symmetric positive semi-definite `dim × dim` matrix, by Cholesky in f64
@@ -123,15 +139,6 @@ impl<B: Backend> KroneckerFactors<B> {
             dims,
             warned: false,
         })
-    }
-
-    /// Bytes the factors take on a device for layers `(fan_in, fan_out)`: the batch's statistics
-    /// and the inverses.
-    pub fn device_bytes(layers: &[(usize, usize)]) -> (u64, u64) {
-        let sq = |d: usize| 4 * (d as u64).pow(2);
-        let piece = layers.iter().map(|&(i, o)| sq(i + 1).max(sq(o))).max().unwrap_or(0);
-        let total = 2 * layers.iter().map(|&(i, o)| sq(i + 1) + sq(o)).sum::<u64>();
-        (piece, total)
     }
 
     /// Folds the batch at `at` into the moving averages.

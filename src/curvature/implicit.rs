@@ -3,7 +3,7 @@
 //! solved by conjugate gradient preconditioned with K-FAC's factors (or not at all). Neither G nor
 //! F is formed: memory O(batch × layer widths).
 
-use super::factors::{KroneckerFactors, KroneckerForm};
+use super::factors::{self, KroneckerFactors, KroneckerForm};
 use super::{
     At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, PreconditionerKind, Representation, Shape,
 };
@@ -18,16 +18,7 @@ impl Representation for Implicit {
     const NAME: &'static str = "implicit";
 
     fn needs(shape: &Shape, _: &Limits) -> Vec<Need> {
-        let (piece, total) = KroneckerFactors::<crate::cpu::Cpu>::device_bytes(&shape.layers);
-        vec![
-            shape.pass_scratch(),
-            Need {
-                buffer: "K-FAC preconditioner factors",
-                shape: format!("{} layers", shape.layers.len()),
-                piece,
-                total,
-            },
-        ]
+        factors::needs(shape)
     }
 
     fn create<'a, B: Backend + 'a>(

@@ -3,7 +3,7 @@
 //! damping; the step is `S⁻¹ ∇W A⁻¹` per layer, two small products. The trust region's `dᵀFd` is
 //! the exact Fisher's, from one matrix-free product, so `--kl` means what it means elsewhere.
 
-use super::factors::{KroneckerFactors, KroneckerForm};
+use super::factors::{self, KroneckerFactors, KroneckerForm};
 use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Representation, Shape, implicit};
 use crate::backend::{Backend, CgOutcome, CgParams, CgReport};
 use crate::error::Result;
@@ -15,16 +15,7 @@ impl Representation for Kfac {
     const NAME: &'static str = "kfac";
 
     fn needs(shape: &Shape, _: &Limits) -> Vec<Need> {
-        let (piece, total) = KroneckerFactors::<crate::cpu::Cpu>::device_bytes(&shape.layers);
-        vec![
-            shape.pass_scratch(),
-            Need {
-                buffer: "K-FAC factors and inverses",
-                shape: format!("{} layers", shape.layers.len()),
-                piece,
-                total,
-            },
-        ]
+        factors::needs(shape)
     }
 
     fn create<'a, B: Backend + 'a>(

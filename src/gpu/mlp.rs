@@ -477,7 +477,42 @@ impl MlpKernels {
         scale: f32,
         y: &GpuVector,
     ) -> Result<()> {
-        for len in [theta.len, v.len, y.len] {
+        mlp.check_params(y.len)?;
+        let encoder = self.record_output_pass(
+            ctx,
+            mlp,
+            theta,
+            batch,
+            kind,
+            key,
+            v,
+            &self.seed_product,
+            |pass, batch| {
+                // H_i (J_i v) lands in the last layer's scratch: back-propagate it
+                self.record_backward(ctx, pass, mlp, theta, batch, scale, 0.0, y)
+            },
+        )?;
+        ctx.queue.submit([encoder.finish()]);
+        ctx.check_fault()
+    }
+
+    /// Records the forward-mode pass along v, then `kernel` (seed_product or seed_quad) on the output
+    /// tangents and the batch's output factors into scratch, then `then`; the encoder is left for
+    /// the caller to submit.
+    #[allow(clippy::too_many_arguments)]
+    fn record_output_pass(
+        &self,
+        ctx: &GpuContext,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+        kernel: &wgpu::ComputePipeline,
+        then: impl FnOnce(&mut wgpu::ComputePass, &GpuBatch) -> Result<()>,
+    ) -> Result<wgpu::CommandEncoder> {
+        for len in [theta.len, v.len] {
             mlp.check_params(len)?;
         }
         mlp.check_widths(&batch.widths)?;
@@ -499,11 +534,10 @@ impl MlpKernels {
             };
             let factors = batch.factors.as_ref().map(|f| &f.2).unwrap_or(&batch.dummy);
             let buffers = [(5, &batch.delta[last]), (8, &batch.tangent[last]), (9, factors)];
-            self.dispatch(ctx, &mut pass, &self.seed_product, &params, &buffers, groups_for(n)?);
-            self.record_backward(ctx, &mut pass, mlp, theta, batch, scale, 0.0, y)?;
+            self.dispatch(ctx, &mut pass, kernel, &params, &buffers, groups_for(n)?);
+            then(&mut pass, batch)?;
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+        Ok(encoder)
     }
 
     /// Records the forward-mode pass along v into the batch's tangents (the last layer's is J v).
@@ -560,7 +594,8 @@ impl MlpKernels {
         Ok(())
     }
 
-    /// `vᵀFv` by the forward-mode pass and `seed_quad`, summed on the host in f64.
+    /// `vᵀFv` by the forward-mode pass and `seed_quad` (each example's share into the last layer's
+    /// scratch), summed on the host in f64.
     #[allow(clippy::too_many_arguments)]
     pub fn fisher_quad(
         &self,
@@ -572,31 +607,10 @@ impl MlpKernels {
         key: SampleKey,
         v: &GpuVector,
     ) -> Result<f64> {
-        for len in [theta.len, v.len] {
-            mlp.check_params(len)?;
-        }
-        mlp.check_widths(&batch.widths)?;
-        let n = batch.n;
-        self.ensure_factors(ctx, mlp, batch, kind, key)?;
-        Self::ensure_deltas(ctx, mlp, batch, n)?;
-        Self::ensure_tangents(ctx, mlp, batch)?;
-        let batch = &*batch;
-        let last = mlp.layers().len() - 1;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_jvp(ctx, &mut pass, mlp, theta, batch, v)?;
-            let params = Params {
-                rows: n as u32,
-                width: mlp.outputs() as u32,
-                per_example: kind.rows_per_example(mlp.likelihood()) as u32,
-                ..Self::base_params(mlp)
-            };
-            let factors = batch.factors.as_ref().map(|f| &f.2).unwrap_or(&batch.dummy);
-            let buffers = [(5, &batch.delta[0]), (8, &batch.tangent[last]), (9, factors)];
-            self.dispatch(ctx, &mut pass, &self.seed_quad, &params, &buffers, groups_for(n)?);
-        }
-        let staging = ctx.copy_to_staging(&mut encoder, &batch.delta[0], 0, 4 * n as u64);
+        let mut encoder =
+            self.record_output_pass(ctx, mlp, theta, batch, kind, key, v, &self.seed_quad, |_, _| Ok(()))?;
+        let (n, last) = (batch.n, mlp.layers().len() - 1);
+        let staging = ctx.copy_to_staging(&mut encoder, &batch.delta[last], 0, 4 * n as u64);
         let index = ctx.queue.submit([encoder.finish()]);
         let shares: Vec<f32> = ctx.map_staging(&staging, index)?;
         Ok(shares.iter().map(|&v| v as f64).sum::<f64>() / n as f64)
