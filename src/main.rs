@@ -12,6 +12,7 @@ use cli::commands;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let runtime = quiet_mesa();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
@@ -27,14 +28,41 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match dispatch(cli.command) {
+    let code = match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("natgrad: error: {}", causes.join(": "));
             ExitCode::FAILURE
         }
+    };
+    if let Some(dir) = runtime {
+        let _ = std::fs::remove_dir_all(dir);
     }
+    code
+}
+
+/// Mesa's drivers print an error line when `XDG_RUNTIME_DIR` is unset (they probe Wayland), which
+/// reads as natgrad failing: give them a private runtime directory first (this process's own,
+/// removed when it ends). Run before any thread starts, so setting the variable races nothing.
+fn quiet_mesa() -> Option<std::path::PathBuf> {
+    let usable = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir());
+    if usable {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("natgrad-runtime-{}", std::process::id()));
+    let made = std::fs::DirBuilder::new().recursive(true).create(&dir).is_ok();
+    #[cfg(unix)]
+    let made = made && {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+    };
+    if !made {
+        return None;
+    }
+    // SAFETY: called first thing in main, before any other thread exists
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    Some(dir)
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {

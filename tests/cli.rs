@@ -321,3 +321,171 @@ fn bench_writes_the_records_of_the_contract() {
         }
     }
 }
+
+/// natgrad with `envs` set and `unset` removed from its environment: (exit code, stdout, stderr).
+fn natgrad_env(args: &[&str], envs: &[(&str, &str)], unset: &[&str]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_natgrad"));
+    command.args(args).envs(envs.iter().copied());
+    unset.iter().for_each(|k| {
+        command.env_remove(k);
+    });
+    let out = command.output().expect("natgrad runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Settings that cannot train, a value beyond f32 in a file, a bad environment variable, and
+/// models far too large are each one line and exit 1, never a panic or an abort; nothing is
+/// written for them.
+#[test]
+fn runs_that_cannot_train_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.csv");
+    std::fs::write(&big, "a,b,y\n1,2,0\n3,1e39,1\n").unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (&["train", "--cg-iters", "0"], "--cg-iters"),
+        (&["train", "--epochs", "0"], "--epochs"),
+        (&["train", "--steps", "0"], "--steps"),
+        (
+            &["train", "--data", big.to_str().unwrap()],
+            "line 3: column 2: 1e39 overflows f32",
+        ),
+        (
+            &["train", "--hidden", "100000,100000", "--device", "cpu"],
+            "parameter vectors needs",
+        ),
+        (
+            &[
+                "train",
+                "--hidden",
+                "100000,100000",
+                "--optimizer",
+                "adam",
+                "--device",
+                "cpu",
+            ],
+            "for --optimizer adam",
+        ),
+        (
+            &[
+                "train",
+                "--hidden",
+                "100000,100000",
+                "--optimizer",
+                "sgd",
+                "--device",
+                "cpu",
+            ],
+            "for --optimizer sgd",
+        ),
+    ];
+    for (args, says) in cases {
+        let args: Vec<&str> = args.iter().copied().chain(["--out", out]).collect();
+        let (code, _, err) = natgrad_env(&args, &[], &[]);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        let lines = error_lines(&err);
+        assert!(lines.len() == 1 && lines[0].contains(says), "{args:?}: {err}");
+        assert!(!std::path::Path::new(out).exists(), "{args:?} wrote {out}");
+    }
+    let (code, _, err) = natgrad_env(
+        &["train", "--device", "gpu", "--steps", "1", "--out", out],
+        &[("NATGRAD_GPU_TIMEOUT_S", "abc")],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(error_lines(&err)[0].contains("NATGRAD_GPU_TIMEOUT_S"), "{err}");
+}
+
+/// Without XDG_RUNTIME_DIR, looking for a GPU prints nothing natgrad did not write.
+#[test]
+fn a_gpu_run_without_a_runtime_dir_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (code, _, err) = natgrad_env(
+        &[
+            "train",
+            "--device",
+            "gpu",
+            "--steps",
+            "1",
+            "--hidden",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        &["XDG_RUNTIME_DIR"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("natgrad")),
+        "lines natgrad did not write: {err}"
+    );
+}
+
+/// The shipped CSV holds what `--dataset digits` trains on: a model trained on the one evaluates
+/// the same on the other.
+#[test]
+fn the_shipped_digits_file_and_the_builtin_dataset_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = natgrad(&[
+        "train",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let model = out.join("model.safetensors");
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
+    let eval = |source: &[&str]| {
+        let mut args = vec!["eval", "--json", "--device", "cpu", "--model", model.to_str().unwrap()];
+        args.extend_from_slice(source);
+        let (ok, out, err) = natgrad(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let (file, builtin) = (eval(&["--data", csv]), eval(&["--dataset", "digits"]));
+    assert_eq!(file["loss"], builtin["loss"]);
+    assert_eq!(file["accuracy"], builtin["accuracy"]);
+}
+
+/// A run that ends above the loss it started from says so (SGD at 3× its workable rate on digits
+/// neither diverges nor learns).
+#[test]
+fn a_run_whose_loss_rose_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = [
+        "train",
+        "--device",
+        "cpu",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "3",
+        "--epochs",
+        "2",
+    ];
+    let (ok, _, err) = natgrad(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("warning: the training loss rose over the run"), "{err}");
+    let (ok, _, err) = natgrad(&[
+        "train",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--out",
+        dir.path().join("ngd").to_str().unwrap(),
+    ]);
+    assert!(ok && !err.contains("warning"), "{err}");
+}

@@ -128,18 +128,40 @@ pub struct Need {
     pub total: u64,
 }
 
+/// Parameter-sized vectors a natural-gradient step holds: θ, the last good θ, g, the weight mask,
+/// d, CG's four, D, and the host's copies for initialisation and checkpoints.
+pub const NGD_VECTORS: u64 = 12;
+
+/// `count` vectors of p f32 each, as a need (a piece is one vector).
+pub fn vectors(count: u64, p: usize) -> Need {
+    Need {
+        buffer: "parameter vectors",
+        shape: format!("{p} f32 each, {count} of them"),
+        piece: 4 * p as u64,
+        total: 4 * count * p as u64,
+    }
+}
+
 /// Everything `kind` holds for `shape`: its own buffers and the vectors every step holds.
 pub fn needs(kind: CurvatureKind, shape: &Shape, limits: &Limits) -> Vec<Need> {
-    let p = shape.p as u64;
-    let vectors = Need {
-        buffer: "vectors (θ, g, d and CG's)",
-        shape: format!("8 × {} f32", shape.p),
-        piece: 4 * p,
-        total: 32 * p,
-    };
-    let mut all = vec![vectors];
+    let mut all = vec![vectors(NGD_VECTORS, shape.p)];
     all.extend(kind.needs(shape, limits));
     all
+}
+
+/// Checks that `needs` fit the device: the first that does not, named with its size and the
+/// limit it breaks, and `advice` on what would fit.
+pub fn check(needs: &[Need], limits: &Limits, context: &str, advice: &str) -> Result<()> {
+    let Some((need, limit_name, limit)) = misfit(needs, limits) else {
+        return Ok(());
+    };
+    Err(Error::TooLarge {
+        buffer: need.buffer,
+        shape: format!("{}{context}; {advice}", need.shape),
+        bytes: if need.piece > limit { need.piece } else { need.total },
+        limit_name,
+        limit,
+    })
 }
 
 /// The first need that does not fit: a piece over the largest buffer, or a total over the memory.
@@ -162,9 +184,9 @@ fn fits(kind: CurvatureKind, shape: &Shape, limits: &Limits) -> bool {
 /// Checks `kind` fits the device; the error names the buffer, its size, the limit, and a
 /// representation that would fit.
 pub fn check_fits(kind: CurvatureKind, shape: &Shape, limits: &Limits) -> Result<()> {
-    let Some((need, limit_name, limit)) = misfit(&needs(kind, shape, limits), limits) else {
+    if fits(kind, shape, limits) {
         return Ok(());
-    };
+    }
     let fitting = CurvatureKind::ALL
         .iter()
         .filter(|k| fits(**k, shape, limits))
@@ -175,13 +197,12 @@ pub fn check_fits(kind: CurvatureKind, shape: &Shape, limits: &Limits) -> Result
     } else {
         format!("--curvature {} would fit", fitting.join(" or "))
     };
-    Err(Error::TooLarge {
-        buffer: need.buffer,
-        shape: format!("{}, with --curvature {}; {advice}", need.shape, kind.name()),
-        bytes: if need.piece > limit { need.piece } else { need.total },
-        limit_name,
-        limit,
-    })
+    check(
+        &needs(kind, shape, limits),
+        limits,
+        &format!(", with --curvature {}", kind.name()),
+        &advice,
+    )
 }
 
 /// What a step's cost depends on beyond the shape.
@@ -320,6 +341,8 @@ pub fn resolve(
         }
         CurvatureChoice::Auto => {
             let (kind, why) = choose(shape, limits, cadence);
+            // the diagonal is auto's last resort: when even it does not fit, say what does not
+            check_fits(kind, shape, limits)?;
             Ok((kind, format!("curvature: auto picked {}: {why}", kind.name())))
         }
     }

@@ -11,7 +11,7 @@ use crate::error::Result;
 pub const NAMES: [&str; 3] = ["digits", "spirals", "blobs"];
 
 /// UCI optical digits as shipped with scikit-learn (see data/README.md): 1797 images of 8×8
-/// pixels, 10 classes.
+/// pixels, 10 classes, intensities scaled to [0, 1] in the file itself.
 const DIGITS: &str = include_str!("../../data/digits.csv");
 
 /// The built-in dataset `name`, if there is one.
@@ -24,11 +24,9 @@ pub fn by_name(name: &str, seed: u64) -> Option<Result<Dataset>> {
     }
 }
 
-/// Digits with pixel intensities scaled from 0..16 to [0, 1].
+/// Digits, pixel intensities in [0, 1]: `data/digits.csv` as it is.
 pub fn digits() -> Result<Dataset> {
-    let mut data = Dataset::from_table("digits", csv::parse("digits", DIGITS)?, TaskChoice::Classify)?;
-    data.x.iter_mut().for_each(|v| *v /= 16.0);
-    Ok(data)
+    Dataset::from_table("digits", csv::parse("digits", DIGITS)?, TaskChoice::Classify)
 }
 
 /// `arms` interleaved spirals in the plane, `per_arm` points each, with angular noise: a

@@ -63,6 +63,16 @@ pub fn parse(source: &str, text: &str) -> std::result::Result<Table, DataError> 
             if !value.is_finite() {
                 return Err(err(line, format!("column {}: {cell} (data must be finite)", c + 1)));
             }
+            if !(value as f32).is_finite() {
+                return Err(err(
+                    line,
+                    format!(
+                        "column {}: {cell} overflows f32, whose largest is {:e}",
+                        c + 1,
+                        f32::MAX
+                    ),
+                ));
+            }
             if c + 1 < cols {
                 features.push(value);
             } else {
@@ -111,6 +121,18 @@ mod tests {
         assert_eq!(with.header.unwrap()[2], "label");
         let without = parse("t", "1,2,0\n3,4,1\n").map_err(|e| e.to_string()).unwrap();
         assert_eq!(without.features, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn values_beyond_f32_are_refused_where_they_stand() {
+        let e = parse("big.csv", "a,b,y\n1,2,0\n3,1e39,1\n")
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(
+            e.contains("big.csv") && e.contains("line 3") && e.contains("column 2") && e.contains("1e39"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,15 +15,23 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::SHADER_F16);
 
-/// How long one wait on the GPU may take before it becomes [`Error::Timeout`].
-/// `NATGRAD_GPU_TIMEOUT_S` overrides it (a slow software adapter on a large problem).
-pub fn default_timeout() -> Duration {
-    std::env::var("NATGRAD_GPU_TIMEOUT_S")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(120))
+/// How long one wait on the GPU may take before it becomes [`Error::Timeout`]: 120 s, or
+/// `NATGRAD_GPU_TIMEOUT_S` (a slow software adapter on a large problem), which must then be a
+/// positive number of seconds.
+pub fn default_timeout() -> Result<Duration> {
+    match std::env::var("NATGRAD_GPU_TIMEOUT_S") {
+        Err(_) => Ok(Duration::from_secs(120)),
+        Ok(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "NATGRAD_GPU_TIMEOUT_S",
+                reason: format!("{text:?} is not a positive number of seconds"),
+            }),
+    }
 }
 
 /// A wgpu instance over Vulkan, Metal and DX12, or the backends `WGPU_BACKEND` names.
@@ -153,7 +161,7 @@ impl GpuContext {
             info,
             limits,
             features,
-            timeout: default_timeout(),
+            timeout: default_timeout()?,
             fault,
         })
     }

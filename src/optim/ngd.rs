@@ -73,6 +73,12 @@ impl NgdConfig {
         if !(self.kl.is_finite() && self.kl >= 0.0) {
             return Err(bad("--kl", format!("{} is not a non-negative number", self.kl)));
         }
+        if self.cg.max_iters == 0 {
+            return Err(bad(
+                "--cg-iters",
+                "0 iterations would never move: need at least 1".into(),
+            ));
+        }
         if let FisherKind::Sampled { draws: 0 } = self.fisher {
             return Err(bad("--draws", "need at least one draw per example".into()));
         }

@@ -89,21 +89,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
     pub fn new(b: &'b B, mlp: Mlp, theta0: &[f32], config: OptimConfig, examples: usize, seed: u64) -> Result<Self> {
         config.validate()?;
         mlp.check_params(theta0.len())?;
-        let curvature = match config.kind {
-            OptimizerKind::Ngd => {
-                let rows = match config.ngd.curvature_batch {
-                    0 => examples,
-                    c => c.min(examples),
-                };
-                let shape = Shape::of(&mlp, rows.max(1), config.ngd.fisher);
-                let cadence = plan::Cadence {
-                    cg_iters: config.ngd.cg.max_iters,
-                    inverse_every: config.ngd.settings.kfac.inverse_every,
-                };
-                Some(plan::resolve(config.ngd.curvature, &shape, &Limits::of(b), cadence)?)
-            }
-            _ => None,
-        };
+        let curvature = Self::plan(b, &mlp, &config, examples)?;
         let kind = curvature.as_ref().map_or(CurvatureKind::Dense, |c| c.0);
         let p = mlp.num_params();
         Ok(Self {
@@ -119,6 +105,36 @@ impl<'b, B: Backend> Trainer<'b, B> {
             steps: 0,
             seed: seed as u32,
         })
+    }
+
+    /// Checks that training `mlp` with `config` on batches of `examples` fits `b` (every buffer
+    /// against the largest one and the memory available) before anything is allocated, and
+    /// resolves natural gradient's curvature (`auto` included): the representation and what
+    /// the plan said of it.
+    pub fn plan(b: &B, mlp: &Mlp, config: &OptimConfig, examples: usize) -> Result<Option<(CurvatureKind, String)>> {
+        let limits = Limits::of(b);
+        let p = mlp.num_params();
+        match config.kind {
+            OptimizerKind::Ngd => {
+                let rows = match config.ngd.curvature_batch {
+                    0 => examples,
+                    c => c.min(examples),
+                };
+                let shape = Shape::of(mlp, rows.max(1), config.ngd.fisher);
+                let cadence = plan::Cadence {
+                    cg_iters: config.ngd.cg.max_iters,
+                    inverse_every: config.ngd.settings.kfac.inverse_every,
+                };
+                Ok(Some(plan::resolve(config.ngd.curvature, &shape, &limits, cadence)?))
+            }
+            kind => {
+                // θ, the last good θ, g, the weight mask, the host's two copies, and the state
+                let state = if kind == OptimizerKind::Adam { 2 } else { 1 };
+                let what = format!(", for --optimizer {}", kind.name());
+                plan::check(&[plan::vectors(6 + state, p)], &limits, &what, "use a smaller model")?;
+                Ok(None)
+            }
+        }
     }
 
     /// The curvature representation natural gradient holds (`None` for other optimisers).

@@ -73,8 +73,27 @@ pub struct Prepared {
     pub mlp: Mlp,
 }
 
+impl RunConfig {
+    /// Checks the run's settings: a run that cannot take a step is refused, not run.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| {
+            Err(Error::InvalidArgument {
+                name,
+                reason: reason.into(),
+            })
+        };
+        match self.steps {
+            Some(0) => return bad("--steps", "0 steps would train nothing: need at least 1"),
+            None if self.epochs == 0 => return bad("--epochs", "0 epochs would train nothing: need at least 1"),
+            _ => {}
+        }
+        self.optim.validate()
+    }
+}
+
 /// Loads and splits the data, standardises it if asked, and builds the model.
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
+    cfg.validate()?;
     let (mut train, mut val) = data::load(&cfg.data, cfg.task, cfg.seed)?.split(cfg.val_split, cfg.seed)?;
     let standardizer = cfg.standardize.then(|| Standardizer::fit(&train));
     if let Some(s) = &standardizer {
@@ -161,6 +180,9 @@ fn run_on<B: Backend>(
     on_event: &mut dyn FnMut(Event),
     phases: Option<&dyn Fn() -> Phases>,
 ) -> Result<Summary> {
+    // every buffer planned before the parameters are drawn: a model too large is an error here
+    let examples = examples_per_step(cfg.batch, prepared.train.n);
+    Trainer::plan(b, &prepared.mlp, &cfg.optim, examples)?;
     let mut trainer = Trainer::new(
         b,
         prepared.mlp.clone(),
@@ -178,6 +200,8 @@ fn run_on<B: Backend>(
     let mut writer = MetricsWriter::create(out)?;
     let per_epoch = data::batches(prepared.train.n, cfg.batch, cfg.seed, 0).len();
     let total_steps = cfg.steps.unwrap_or(per_epoch * cfg.epochs);
+    // the full training loss before the first step, to say so if the run ends above it
+    let initial_loss = trainer.evaluate(&prepared.train)?.loss;
     on_event(Event::Start { total_steps });
     let mut wall_s = 0.0;
     let mut spent = Phases::default();
@@ -246,6 +270,16 @@ fn run_on<B: Backend>(
         }
     };
     writer.flush()?;
+    if last.train_loss > initial_loss {
+        let advice = match cfg.optim.kind {
+            crate::optim::OptimizerKind::Ngd => "a smaller --kl or --lr",
+            _ => "a smaller --lr",
+        };
+        on_event(Event::Notice(&format!(
+            "warning: the training loss rose over the run, from {initial_loss:.6} to {:.6}: try {advice}",
+            last.train_loss
+        )));
+    }
     let steps = trainer.steps();
     let summary = Summary {
         train_loss: last.train_loss,
