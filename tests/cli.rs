@@ -489,3 +489,60 @@ fn a_run_whose_loss_rose_says_so() {
     ]);
     assert!(ok && !err.contains("warning"), "{err}");
 }
+
+/// A run never loses another's work: a directory holding a run is refused (the good model kept),
+/// replaced only with --overwrite, and an unnamed run takes a fresh directory.
+#[test]
+fn a_run_never_overwrites_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("R");
+    let r = good.to_str().unwrap();
+    let (ok, _, err) = natgrad(&["train", "--device", "cpu", "--epochs", "2", "--out", r]);
+    assert!(ok, "{err}");
+    let model = std::fs::read(good.join("model.safetensors")).unwrap();
+    let diverging = [
+        "train",
+        "--device",
+        "cpu",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--steps",
+        "20",
+        "--out",
+        r,
+    ];
+    let (ok, _, err) = natgrad(&diverging);
+    assert!(!ok);
+    let lines = error_lines(&err);
+    assert!(
+        lines.len() == 1 && lines[0].contains("holds a run") && lines[0].contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(good.join("model.safetensors")).unwrap(),
+        model,
+        "the good model changed"
+    );
+    let (ok, _, err) = natgrad(&[&diverging[..], &["--overwrite"]].concat());
+    assert!(!ok && err.contains("diverged"), "{err}");
+    assert!(good.join("model.safetensors").exists() && !good.join("summary.json").exists());
+    // no --out: runs/digits-ngd, then runs/digits-ngd-2
+    for expected in ["runs/digits-ngd", "runs/digits-ngd-2"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_natgrad"))
+            .args(["train", "--device", "cpu", "--steps", "2"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            dir.path().join(expected).join("summary.json").exists(),
+            "{expected} missing"
+        );
+        assert!(
+            !dir.path().join(expected).join(".natgrad.lock").exists(),
+            "lock left behind"
+        );
+    }
+}

@@ -39,6 +39,7 @@ fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -
         standardize: false,
         seed: 0,
         out: out.to_owned(),
+        claim: natgrad::train::dir::Claim::New,
         profile: false,
     }
 }

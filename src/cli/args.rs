@@ -12,6 +12,7 @@ use natgrad::data::TaskChoice;
 use natgrad::device::DeviceChoice;
 use natgrad::model::{Activation, FisherKind};
 use natgrad::optim::{AdamConfig, NgdConfig, OptimConfig, OptimizerKind, SgdConfig};
+use natgrad::train::dir::Claim;
 use natgrad::train::{self, RunConfig};
 
 #[derive(Parser)]
@@ -305,9 +306,14 @@ pub struct TrainArgs {
     /// Seed of the initialisation, the split, the batches and the sampled Fisher.
     #[arg(long, default_value_t = RunConfig::default().seed)]
     pub seed: u64,
-    /// Output directory. Default: runs/<dataset>-<optimizer>.
+    /// Output directory. Default: runs/<dataset>-<optimizer>, or runs/<dataset>-<optimizer>-2,
+    /// -3, … when that one holds a run. A directory given here that holds a run is refused
+    /// unless --overwrite.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace the run in --out DIR (its files are removed once the new run has been checked).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Report wall time per step split into forward, gradient, scores, Fisher, solve and update
     /// (waits for the device after each operation, so it runs a little slower).
     #[arg(long)]
@@ -355,10 +361,12 @@ impl TrainArgs {
             optim = optim.with_lr(lr);
         }
         optim.validate()?;
-        let out = self
-            .out
-            .clone()
-            .unwrap_or_else(|| train::default_out(&data, self.optimizer.name()));
+        // an unnamed directory never collides: the default's first free variant
+        let out = match &self.out {
+            Some(dir) => dir.clone(),
+            None => train::dir::fresh(&train::default_out(&data, self.optimizer.name())),
+        };
+        let claim = if self.overwrite { Claim::Overwrite } else { Claim::New };
         Ok(RunConfig {
             data,
             task: self.task.unwrap_or_default(),
@@ -373,6 +381,7 @@ impl TrainArgs {
             standardize: self.standardize,
             seed: self.seed,
             out,
+            claim,
             profile: self.profile,
         })
     }

@@ -31,7 +31,10 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> 
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.partial"));
+    // unique per process and write: two writers never share a temporary file
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_file_name(format!(".{name}.{}.{n}.partial", std::process::id()));
     let result = std::fs::File::create(&temp).and_then(|mut file| {
         write(&mut file)?;
         file.sync_all()

@@ -4,6 +4,7 @@
 //! few scalars read back. [`run`] drives it over epochs and writes a run directory; [`Summary`] is
 //! what a run reports.
 
+pub mod dir;
 mod run;
 mod summary;
 

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::dir::{Claim, RunDir};
 use super::summary::{Summary, Validation, config_json};
 use super::{Trainer, examples_per_step};
 use crate::backend::Backend;
@@ -37,6 +38,8 @@ pub struct RunConfig {
     pub standardize: bool,
     pub seed: u64,
     pub out: PathBuf,
+    /// What to do when `out` already holds a run.
+    pub claim: Claim,
     /// Time each step by phase (each operation waits for the device) into the summary.
     pub profile: bool,
 }
@@ -60,6 +63,7 @@ impl Default for RunConfig {
             standardize: false,
             seed: 0,
             out: PathBuf::new(),
+            claim: Claim::New,
             profile: false,
         }
     }
@@ -194,8 +198,9 @@ fn run_on<B: Backend>(
     if let Some(notice) = trainer.plan_notice() {
         on_event(Event::Notice(notice));
     }
-    let out = &cfg.out;
-    std::fs::create_dir_all(out).map_err(|e| crate::io::io_error(out, e))?;
+    // everything checked: now the directory is claimed (and locked until the run ends)
+    let run_dir = RunDir::claim(&cfg.out, cfg.claim)?;
+    let out = run_dir.path();
     let model_path = out.join("model.safetensors");
     let mut writer = MetricsWriter::create(out)?;
     let per_epoch = data::batches(prepared.train.n, cfg.batch, cfg.seed, 0).len();
