@@ -76,6 +76,12 @@ pub enum Error {
         kept: Option<String>,
     },
 
+    /// The run was asked to stop (SIGINT, SIGTERM) and saved everything to continue from.
+    #[error(
+        "interrupted after step {step}: checkpoint, state and summary are in {dir}; continue with: natgrad train --resume {dir}"
+    )]
+    Interrupted { step: usize, dir: String },
+
     /// A value outside its allowed range (a parameter, a flag).
     #[error("invalid {name}: {reason}")]
     InvalidArgument { name: &'static str, reason: String },

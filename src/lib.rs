@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod snapshot;
 pub mod solve;
 pub mod train;
 

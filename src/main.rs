@@ -30,6 +30,10 @@ fn main() -> ExitCode {
     };
     let code = match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if matches!(e.downcast_ref(), Some(natgrad::Error::Interrupted { .. })) => {
+            eprintln!("natgrad: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("natgrad: error: {}", causes.join(": "));

@@ -546,3 +546,104 @@ fn a_run_never_overwrites_another() {
         );
     }
 }
+
+/// SIGINT finishes the step, saves everything, says how to resume and exits 130; `--resume`
+/// then finishes the run.
+#[test]
+fn an_interrupted_run_says_how_to_resume_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_natgrad"))
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--curvature",
+            "dense",
+            "--steps",
+            "40",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // interrupt once the first steps are in metrics.csv
+    let metrics = out.join("metrics.csv");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 60, "no steps after a minute");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("interrupted"))
+        .expect("a line saying so");
+    assert!(
+        line.contains(&format!("natgrad train --resume {}", out.display())),
+        "{line}"
+    );
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains(r#""interrupted": true"#), "{summary}");
+    assert!(out.join("loss.svg").exists() && out.join("state.safetensors").exists());
+    let (ok, _, err) = natgrad(&["train", "--resume", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 40);
+    assert!(summary.get("interrupted").is_none(), "{summary}");
+}
+
+/// SIGKILL at any moment leaves a checkpoint and a state that load (every write is a rename), and
+/// the lock of the killed run does not keep the next one out.
+#[test]
+fn killed_runs_leave_files_that_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    for k in 0..15u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_natgrad"))
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--checkpoint-every",
+                "1",
+                "--overwrite",
+                "--out",
+            ])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + (k * 37) % 150));
+        let _ = child.kill();
+        let _ = child.wait();
+        if out.join("model.safetensors").exists() {
+            natgrad::io::checkpoint::Checkpoint::load(&out.join("model.safetensors")).unwrap();
+        }
+        if out.join("state.safetensors").exists() {
+            natgrad::io::state::load(&out.join("state.safetensors")).unwrap();
+        }
+    }
+    let (ok, _, err) = natgrad(&[
+        "train",
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--overwrite",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+}

@@ -40,6 +40,7 @@ fn run_config(data: &str, kind: OptimizerKind, lr: f32, out: &std::path::Path) -
         seed: 0,
         out: out.to_owned(),
         claim: natgrad::train::dir::Claim::New,
+        checkpoint_every: None,
         profile: false,
     }
 }

@@ -53,7 +53,7 @@ impl CgOutcome {
 }
 
 /// Settings of one solve.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CgParams {
     /// Upper bound on iterations (each one matvec).
     pub max_iters: usize,

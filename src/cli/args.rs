@@ -13,7 +13,7 @@ use natgrad::device::DeviceChoice;
 use natgrad::model::{Activation, FisherKind};
 use natgrad::optim::{AdamConfig, NgdConfig, OptimConfig, OptimizerKind, SgdConfig};
 use natgrad::train::dir::Claim;
-use natgrad::train::{self, RunConfig};
+use natgrad::train::{self, Every, RunConfig};
 
 #[derive(Parser)]
 #[command(
@@ -286,9 +286,9 @@ pub struct TrainArgs {
     /// Examples per step; 0 for the full batch.
     #[arg(long, default_value_t = RunConfig::default().batch)]
     pub batch: usize,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = RunConfig::default().epochs, conflicts_with = "steps")]
-    pub epochs: usize,
+    /// Passes over the training set [default: 10; with --resume, the run's own].
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<usize>,
     /// Stop after this many steps instead.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -312,8 +312,16 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Replace the run in --out DIR (its files are removed once the new run has been checked).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Continue the run in DIR from its state.safetensors, with its own settings (--epochs or
+    /// --steps may extend it; other settings are the run's).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Save the checkpoint and the state every N steps or Ns seconds of training, besides every
+    /// epoch.
+    #[arg(long, value_name = "N|Ns")]
+    pub checkpoint_every: Option<Every>,
     /// Report wall time per step split into forward, gradient, scores, Fisher, solve and update
     /// (waits for the device after each operation, so it runs a little slower).
     #[arg(long)]
@@ -321,8 +329,24 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The run these arguments describe.
+    /// The run these arguments describe: with --resume, the saved run's, extended by --epochs or
+    /// --steps.
     pub fn run_config(&self) -> Result<RunConfig> {
+        if let Some(dir) = &self.resume {
+            let mut cfg = train::resume_config(dir)?;
+            if let Some(steps) = self.steps {
+                cfg.steps = Some(steps);
+            }
+            if let Some(epochs) = self.epochs {
+                cfg.steps = None;
+                cfg.epochs = epochs;
+            }
+            if self.checkpoint_every.is_some() {
+                cfg.checkpoint_every = self.checkpoint_every;
+            }
+            cfg.validate()?;
+            return Ok(cfg);
+        }
         let data = self.data.source(Some(&RunConfig::default().data))?;
         let mut optim = OptimConfig {
             kind: self.optimizer,
@@ -375,13 +399,14 @@ impl TrainArgs {
             sigma: self.sigma,
             optim,
             batch: self.batch,
-            epochs: self.epochs,
+            epochs: self.epochs.unwrap_or(RunConfig::default().epochs),
             steps: self.steps,
             val_split: self.val_split,
             standardize: self.standardize,
             seed: self.seed,
             out,
             claim,
+            checkpoint_every: self.checkpoint_every,
             profile: self.profile,
         })
     }

@@ -20,6 +20,8 @@ fn open(args: &DeviceArgs) -> Result<AnyBackend> {
 
 pub fn train(args: &TrainArgs) -> Result<()> {
     let cfg = args.run_config()?;
+    // SIGINT and SIGTERM finish the step in progress, save everything and stop the run
+    ctrlc::set_handler(train::request_stop).context("installing the interrupt handler")?;
     let prepared = train::prepare(&cfg)?;
     let b = open(&args.device)?;
     let widths: Vec<String> = prepared.mlp.widths().iter().map(usize::to_string).collect();

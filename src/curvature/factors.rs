@@ -12,9 +12,10 @@ use super::{At, Need, Shape};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
+use crate::snapshot::Snapshot;
 
 /// K-FAC's cadences and averaging.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KfacSettings {
     /// Weight of the old factors in their exponential moving average (0: this batch only).
     pub decay: f32,
@@ -268,6 +269,71 @@ impl<B: Backend> KroneckerFactors<B> {
             Inverse::Diagonal(b.upload_vector("K-FAC diagonal inverse", &scale)?),
             raised,
         )))
+    }
+
+    /// Writes the averaged factors (f64), the inverses in use (f32, as on the device) and the
+    /// refresh counter under `prefix`.
+    pub fn save(&self, b: &B, snapshot: &mut Snapshot, prefix: &str) -> Result<()> {
+        if let Some((ema_a, ema_s)) = &self.ema {
+            for (l, (a, s)) in ema_a.iter().zip(ema_s).enumerate() {
+                snapshot.put_f64(format!("{prefix}.{l}.A"), a.clone());
+                snapshot.put_f64(format!("{prefix}.{l}.S"), s.clone());
+            }
+        }
+        match &self.inverses {
+            Some((gamma, Inverse::Factored { a, s })) => {
+                snapshot.put(format!("{prefix}.gamma"), gamma);
+                for (l, (a, s)) in a.iter().zip(s).enumerate() {
+                    snapshot.put_f32(format!("{prefix}.{l}.A_inverse"), b.download_matrix(a)?);
+                    snapshot.put_f32(format!("{prefix}.{l}.S_inverse"), b.download_matrix(s)?);
+                }
+            }
+            Some((gamma, Inverse::Diagonal(scale))) => {
+                snapshot.put(format!("{prefix}.gamma"), gamma);
+                snapshot.put_f32(format!("{prefix}.diagonal_inverse"), b.download_vector(scale)?);
+            }
+            None => {}
+        }
+        snapshot.put(format!("{prefix}.solves_since_inverse"), self.solves_since_inverse);
+        snapshot.put(format!("{prefix}.warned"), self.warned);
+        Ok(())
+    }
+
+    /// Restores what [`Self::save`] wrote.
+    pub fn load(&mut self, b: &B, snapshot: &Snapshot, prefix: &str) -> Result<()> {
+        self.solves_since_inverse = snapshot.get(&format!("{prefix}.solves_since_inverse"))?;
+        self.warned = snapshot.get(&format!("{prefix}.warned"))?;
+        let dims = self.dims.clone();
+        if snapshot.has(&format!("{prefix}.0.A")) {
+            let (mut ema_a, mut ema_s) = (Vec::new(), Vec::new());
+            for (l, &(da, ds)) in dims.iter().enumerate() {
+                ema_a.push(snapshot.f64s(&format!("{prefix}.{l}.A"), da * da)?);
+                ema_s.push(snapshot.f64s(&format!("{prefix}.{l}.S"), ds * ds)?);
+            }
+            self.ema = Some((ema_a, ema_s));
+        }
+        self.inverses = None;
+        if let Ok(gamma) = snapshot.get::<f32>(&format!("{prefix}.gamma")) {
+            let inverse = match self.form {
+                KroneckerForm::Factored => {
+                    let (mut a, mut s) = (Vec::new(), Vec::new());
+                    for (l, &(da, ds)) in dims.iter().enumerate() {
+                        let name_a = format!("{prefix}.{l}.A_inverse");
+                        let name_s = format!("{prefix}.{l}.S_inverse");
+                        a.push(b.upload_matrix("K-FAC A⁻¹", da, da, &snapshot.f32s(&name_a, da * da)?)?);
+                        s.push(b.upload_matrix("K-FAC S⁻¹", ds, ds, &snapshot.f32s(&name_s, ds * ds)?)?);
+                    }
+                    Inverse::Factored { a, s }
+                }
+                KroneckerForm::Diagonal => {
+                    let p = dims.iter().map(|&(da, ds)| da * ds).sum();
+                    let scale = snapshot.f32s(&format!("{prefix}.diagonal_inverse"), p)?;
+                    Inverse::Diagonal(b.upload_vector("K-FAC diagonal inverse", &scale)?)
+                }
+            };
+            self.inverses = Some((gamma, inverse));
+        }
+        Ok(())
     }
 
     /// `d = M⁻¹ g`, layer by layer, with the γ of the last [`Self::prepare`].

@@ -10,6 +10,7 @@ use super::{
 use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
+use crate::snapshot::Snapshot;
 use crate::solve::{self, Operator, Preconditioner};
 
 pub struct Implicit;
@@ -84,6 +85,23 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
     fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64> {
         let diag = self.d.get(b, damping, at.weight_decay)?;
         quad(b, at, diag, d)
+    }
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()> {
+        match &self.preconditioner {
+            Some(factors) => factors.save(b, snapshot, "curvature.preconditioner"),
+            None => Ok(()),
+        }
+    }
+
+    fn load(&mut self, b: &B, snapshot: &Snapshot) -> Result<()> {
+        match &mut self.preconditioner {
+            Some(factors) => factors.load(b, snapshot, "curvature.preconditioner"),
+            None => Ok(()),
+        }
+    }
+
+    fn persists(&self) -> bool {
+        true
     }
 }
 

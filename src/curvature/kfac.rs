@@ -8,6 +8,7 @@ use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Rep
 use crate::backend::{Backend, CgOutcome, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
+use crate::snapshot::Snapshot;
 
 pub struct Kfac;
 
@@ -62,5 +63,16 @@ impl<B: Backend> Curvature<B> for KroneckerFactored<B> {
     fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64> {
         let diag = self.d.get(b, damping, at.weight_decay)?;
         implicit::quad(b, at, diag, d)
+    }
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()> {
+        self.factors.save(b, snapshot, "curvature.kfac")
+    }
+
+    fn load(&mut self, b: &B, snapshot: &Snapshot) -> Result<()> {
+        self.factors.load(b, snapshot, "curvature.kfac")
+    }
+
+    fn persists(&self) -> bool {
+        true
     }
 }

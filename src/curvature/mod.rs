@@ -27,13 +27,14 @@ mod woodbury;
 use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::{FisherKind, Mlp, SampleKey};
+use crate::snapshot::Snapshot;
 
 pub use factors::KfacSettings;
 pub use plan::{CurvatureChoice, Limits, Need, Shape};
 
 /// Settings the representations share, beyond the batch: K-FAC's averaging and cadence, and how
 /// matrix-free CG is preconditioned.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CurvatureSettings {
     pub kfac: KfacSettings,
     pub preconditioner: PreconditionerKind,
@@ -55,7 +56,7 @@ impl Default for CurvatureSettings {
 }
 
 /// `--preconditioner`: what matrix-free CG (`implicit`) is preconditioned with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum PreconditionerKind {
     /// K-FAC's damped Kronecker factors: on the race, CG stopped early gives a better direction.
     #[default]
@@ -92,6 +93,23 @@ pub trait Curvature<B: Backend> {
     ) -> Result<CgReport>;
     /// `dᵀ(C + wd·D_W + λI)d`: the trust region's measure of a step.
     fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64>;
+
+    /// Writes what outlives a step into `snapshot` (names under `curvature.`): nothing for the
+    /// representations rebuilt from each batch, K-FAC's averaged factors and inverses.
+    fn save(&self, _b: &B, _snapshot: &mut Snapshot) -> Result<()> {
+        Ok(())
+    }
+
+    /// Restores what [`Curvature::save`] wrote.
+    fn load(&mut self, _b: &B, _snapshot: &Snapshot) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether [`Curvature::save`] keeps all of it; if not, a resumed run rebuilds it at its
+    /// first step (the same step an unbroken run takes when it rebuilds every step).
+    fn persists(&self) -> bool {
+        false
+    }
 }
 
 /// What registers a representation: its name, the memory it needs, and how it is made.
@@ -114,7 +132,7 @@ pub trait Representation {
 macro_rules! representations {
     ($($variant:ident => $ty:path),* $(,)?) => {
         /// A curvature representation (`--curvature NAME`).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum CurvatureKind {
             $($variant),*
         }

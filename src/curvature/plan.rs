@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
 
 /// `--curvature`: a representation, or `auto` (chosen by [`choose`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CurvatureChoice {
     #[default]
     Auto,

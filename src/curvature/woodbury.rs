@@ -6,6 +6,7 @@ use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Rep
 use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::{Error, Result};
 use crate::model::Mlp;
+use crate::snapshot::{Snapshot, Tensor};
 use crate::solve::Operator;
 
 pub struct Woodbury;
@@ -30,6 +31,7 @@ impl Representation for Woodbury {
         Ok(Box::new(WoodburySystem::<B> {
             rows: HeldRows::new(),
             gram: None,
+            restored: None,
             d: DampingDiagonal::new(mlp),
         }))
     }
@@ -39,6 +41,8 @@ struct WoodburySystem<B: Backend> {
     rows: HeldRows<B>,
     /// the m×m Gram matrix and the small system's solution u (its warm start)
     gram: Option<(B::Matrix, B::Vector)>,
+    /// a resumed run's u, waiting for the next solve to allocate its system
+    restored: Option<Vec<f32>>,
     d: DampingDiagonal<B>,
 }
 
@@ -84,6 +88,9 @@ impl<B: Backend> Curvature<B> for WoodburySystem<B> {
                 (k, u)
             }
         };
+        if let Some(u0) = self.restored.take().filter(|u0| u0.len() == m) {
+            *u = b.upload_vector("Woodbury u", &u0)?;
+        }
         let chunks = &self.rows.chunks;
         for (ci, &oi) in chunks.iter().zip(&offsets) {
             for (cj, &oj) in chunks.iter().zip(&offsets) {
@@ -130,5 +137,21 @@ impl<B: Backend> Curvature<B> for WoodburySystem<B> {
         let mut ad = b.zeros_vector("A d", b.len(d))?;
         RowsOperator { rows: &self.rows, diag }.apply(b, d, &mut ad)?;
         b.dot(d, &ad)
+    }
+
+    /// The small system's last solution, CG's warm start at the next step.
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()> {
+        if let Some((_, u)) = &self.gram {
+            snapshot.put_f32("curvature.woodbury.u", b.download_vector(u)?);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, _: &B, snapshot: &Snapshot) -> Result<()> {
+        self.restored = match snapshot.tensors.get("curvature.woodbury.u") {
+            Some(Tensor::F32(u)) => Some(u.clone()),
+            _ => None,
+        };
+        Ok(())
     }
 }

@@ -48,7 +48,7 @@ pub enum Task {
 }
 
 /// The `--task` choice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum TaskChoice {
     /// Classification when every label is an integer.
     #[default]

@@ -52,7 +52,7 @@ pub struct StepRow {
 }
 
 /// One epoch's figures over whole sets.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRow {
     pub epoch: usize,
     pub train_loss: f64,
@@ -85,6 +85,33 @@ impl MetricsWriter {
         Ok(Self {
             steps: open("metrics.csv", &STEP_COLUMNS)?,
             epochs: open("epochs.csv", &EPOCH_COLUMNS)?,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Continues the files in `dir` of a resumed run: their first `steps` step rows and `epochs`
+    /// epoch rows are kept (the rows up to the saved state; any written after it are the
+    /// interrupted run's and are rewritten), and new rows are appended.
+    pub fn resume(dir: &Path, steps: usize, epochs: usize) -> Result<Self> {
+        let keep = |name: &str, rows: usize| -> Result<BufWriter<File>> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|e| super::io_error(&path, e))?;
+            let kept: Vec<&str> = text.lines().take(rows + 1).collect();
+            if kept.len() != rows + 1 {
+                return Err(super::io_error(
+                    &path,
+                    format!("{} rows, the state needs {rows}", kept.len().saturating_sub(1)),
+                ));
+            }
+            let mut w = BufWriter::new(File::create(&path).map_err(|e| super::io_error(&path, e))?);
+            for line in kept {
+                writeln!(w, "{line}").map_err(|e| super::io_error(&path, e))?;
+            }
+            Ok(w)
+        };
+        Ok(Self {
+            steps: keep("metrics.csv", steps)?,
+            epochs: keep("epochs.csv", epochs)?,
             dir: dir.to_owned(),
         })
     }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod npy;
 pub mod plot;
+pub mod state;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Hidden-layer activations and their derivatives, in the forms the GPU kernels use too.
 
 /// A hidden layer's nonlinearity.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Activation {
     Tanh,
     #[default]

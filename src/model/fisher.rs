@@ -13,7 +13,7 @@ use super::likelihood::softmax;
 use super::rng;
 
 /// Which Fisher to build.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FisherKind {
     Empirical,
     Sampled { draws: u32 },

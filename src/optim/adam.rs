@@ -4,8 +4,9 @@ use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
 use crate::backend::{AdamStep, Backend};
 use crate::error::Result;
 use crate::model::Mlp;
+use crate::snapshot::Snapshot;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     pub lr: f32,
     pub beta1: f32,
@@ -78,5 +79,20 @@ impl<B: Backend> Optimizer<B> for Adam<B> {
             step_size: lr,
             ..Default::default()
         })
+    }
+
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()> {
+        snapshot.put_f32("optimizer.m", b.download_vector(&self.m)?);
+        snapshot.put_f32("optimizer.v", b.download_vector(&self.v)?);
+        snapshot.put("optimizer.t", self.t);
+        Ok(())
+    }
+
+    fn load(&mut self, b: &B, snapshot: &Snapshot) -> Result<()> {
+        let p = b.len(&self.m);
+        self.m = b.upload_vector("Adam first moment", &snapshot.f32s("optimizer.m", p)?)?;
+        self.v = b.upload_vector("Adam second moment", &snapshot.f32s("optimizer.v", p)?)?;
+        self.t = snapshot.get("optimizer.t")?;
+        Ok(())
     }
 }

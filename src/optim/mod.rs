@@ -16,9 +16,10 @@ use crate::backend::{Backend, CgOutcome};
 use crate::curvature::CurvatureKind;
 use crate::error::{Error, Result};
 use crate::model::{Mlp, SampleKey};
+use crate::snapshot::Snapshot;
 
 /// Which update rule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum OptimizerKind {
     #[default]
     Ngd,
@@ -40,7 +41,7 @@ impl OptimizerKind {
 
 /// Everything an optimiser needs to know: which one, every optimiser's settings (so a command
 /// line can fill them all), and the weight decay the objective and the curvature share.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OptimConfig {
     pub kind: OptimizerKind,
     pub ngd: NgdConfig,
@@ -154,6 +155,13 @@ pub trait Optimizer<B: Backend> {
     /// Moves θ one step, given the gradient g at θ (and, for natural gradient, the batch's
     /// forward pass at θ and its objective value).
     fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo>;
+
+    /// Writes everything the next update depends on into `snapshot` (names under `optimizer.`).
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()>;
+
+    /// Restores what [`Optimizer::save`] wrote: the next update is then the one an unbroken
+    /// run would have taken.
+    fn load(&mut self, b: &B, snapshot: &Snapshot) -> Result<()>;
 }
 
 /// Fresh state of the optimiser `config` chooses, for the model's parameters; `curvature` is the

@@ -7,6 +7,7 @@ use crate::backend::{Backend, CgParams};
 use crate::curvature::{At, Curvature, CurvatureChoice, CurvatureKind, CurvatureSettings};
 use crate::error::Result;
 use crate::model::{FisherKind, Mlp};
+use crate::snapshot::Snapshot;
 
 /// Levenberg–Marquardt factors (Martens 2010): λ ·= 2/3 after a step that did better than 3/4 of
 /// its predicted decrease, λ ·= 3/2 after one that did worse than 1/4 of it.
@@ -17,7 +18,7 @@ const DAMPING_GROW: f32 = 1.5;
 const DAMPING_RANGE: (f32, f32) = (1e-8, 1e4);
 
 /// How natural gradient builds and uses the curvature.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NgdConfig {
     /// η, or with a trust region the largest η.
     pub lr: f32,
@@ -131,6 +132,8 @@ pub struct Ngd<'a, B: Backend> {
     damping: f32,
     /// updates taken (the curvature is rebuilt every `curvature_every` of them)
     steps: usize,
+    /// rebuild at the next update whatever the cadence (after a resume that could not keep it)
+    rebuild: bool,
 }
 
 impl<'a, B: Backend + 'a> Ngd<'a, B> {
@@ -142,6 +145,7 @@ impl<'a, B: Backend + 'a> Ngd<'a, B> {
             d: b.zeros_vector("natural direction d", mlp.num_params())?,
             damping: config.damping,
             steps: 0,
+            rebuild: false,
         })
     }
 }
@@ -161,8 +165,9 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
             key: step.key,
             weight_decay: step.weight_decay,
         };
-        if self.steps.is_multiple_of(config.curvature_every) {
+        if self.rebuild || self.steps.is_multiple_of(config.curvature_every) {
             self.curvature.build(b, &mut at)?;
+            self.rebuild = false;
         }
         self.steps += 1;
         if config.warm_start != 1.0 {
@@ -207,6 +212,22 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
             cg_outcome: Some(report.outcome),
             damping: Some(lambda),
         })
+    }
+
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()> {
+        snapshot.put_f32("optimizer.d", b.download_vector(&self.d)?);
+        snapshot.put("optimizer.damping", self.damping);
+        snapshot.put("optimizer.steps", self.steps);
+        self.curvature.save(b, snapshot)
+    }
+
+    fn load(&mut self, b: &B, snapshot: &Snapshot) -> Result<()> {
+        let p = b.len(&self.d);
+        self.d = b.upload_vector("natural direction d", &snapshot.f32s("optimizer.d", p)?)?;
+        self.damping = snapshot.get("optimizer.damping")?;
+        self.steps = snapshot.get("optimizer.steps")?;
+        self.rebuild = !self.curvature.persists();
+        self.curvature.load(b, snapshot)
     }
 }
 

@@ -4,8 +4,9 @@ use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::model::Mlp;
+use crate::snapshot::Snapshot;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SgdConfig {
     pub lr: f32,
     /// μ
@@ -54,5 +55,16 @@ impl<B: Backend> Optimizer<B> for Sgd<B> {
             step_size: lr,
             ..Default::default()
         })
+    }
+
+    fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()> {
+        snapshot.put_f32("optimizer.velocity", b.download_vector(&self.velocity)?);
+        Ok(())
+    }
+
+    fn load(&mut self, b: &B, snapshot: &Snapshot) -> Result<()> {
+        let p = b.len(&self.velocity);
+        self.velocity = b.upload_vector("SGD velocity", &snapshot.f32s("optimizer.velocity", p)?)?;
+        Ok(())
     }
 }

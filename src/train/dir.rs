@@ -21,7 +21,7 @@ pub const RUN_FILES: [&str; 6] = [
 pub const LOCK: &str = ".natgrad.lock";
 
 /// How a run may use a directory that already holds one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Claim {
     /// Only a directory that holds no run.
     #[default]

@@ -8,7 +8,7 @@ pub mod dir;
 mod run;
 mod summary;
 
-pub use run::{Event, Prepared, RunConfig, default_out, prepare, run};
+pub use run::{Event, Every, Prepared, RunConfig, default_out, prepare, request_stop, resume_config, run};
 pub use summary::{Summary, Validation, config_json};
 
 use crate::backend::Backend;
@@ -17,6 +17,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Mlp, SampleKey};
 use crate::optim::{self, OptimConfig, Optimizer, OptimizerKind, StepInput, UpdateInfo};
+use crate::snapshot::Snapshot;
 
 /// Examples per forward pass when evaluating whole sets.
 pub const EVAL_BATCH: usize = 4096;
@@ -251,6 +252,29 @@ impl<'b, B: Backend> Trainer<'b, B> {
         let mut batch = self.b.upload_batch(&self.mlp, x, &targets)?;
         self.b.forward(&self.mlp, &self.theta, &mut batch)?;
         self.b.outputs(&self.mlp, &batch)
+    }
+
+    /// Writes the trainer's whole state (parameters, the last good ones, steps, the optimiser's)
+    /// into `snapshot`.
+    pub fn save(&self, snapshot: &mut Snapshot) -> Result<()> {
+        snapshot.put_f32("trainer.theta", self.parameters()?);
+        snapshot.put_f32("trainer.last_good", self.last_good_parameters()?);
+        snapshot.put("trainer.steps", self.steps);
+        self.optimizer.save(self.b, snapshot)
+    }
+
+    /// Restores what [`Trainer::save`] wrote into a trainer made with the same model and
+    /// settings: its next step is the one the saved trainer would have taken.
+    pub fn load(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let p = self.mlp.num_params();
+        self.theta = self
+            .b
+            .upload_vector("parameters θ", &snapshot.f32s("trainer.theta", p)?)?;
+        self.last_good = self
+            .b
+            .upload_vector("last good θ", &snapshot.f32s("trainer.last_good", p)?)?;
+        self.steps = snapshot.get("trainer.steps")?;
+        self.optimizer.load(self.b, snapshot)
     }
 
     /// The current parameters, on the host.

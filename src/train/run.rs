@@ -3,6 +3,7 @@
 //! summary.json and loss.svg).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::dir::{Claim, RunDir};
@@ -17,9 +18,10 @@ use crate::io::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::io::plot;
 use crate::model::{Activation, Mlp, MlpSpec};
 use crate::optim::OptimConfig;
+use crate::snapshot::Snapshot;
 
 /// Everything `natgrad train` is told.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
     /// A built-in dataset's name or a CSV path.
     pub data: String,
@@ -40,6 +42,8 @@ pub struct RunConfig {
     pub out: PathBuf,
     /// What to do when `out` already holds a run.
     pub claim: Claim,
+    /// Save the checkpoint and state this often besides every epoch.
+    pub checkpoint_every: Option<Every>,
     /// Time each step by phase (each operation waits for the device) into the summary.
     pub profile: bool,
 }
@@ -64,6 +68,7 @@ impl Default for RunConfig {
             seed: 0,
             out: PathBuf::new(),
             claim: Claim::New,
+            checkpoint_every: None,
             profile: false,
         }
     }
@@ -174,6 +179,86 @@ pub fn run<B: Backend>(
     }
 }
 
+/// Where a run stands, as the state file keeps it: the epoch in progress and the batches of it
+/// done, the training time so far, and what the summary needs of the run before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Progress {
+    epoch: usize,
+    position: usize,
+    wall_s: f64,
+    initial_loss: f64,
+    last: Option<EpochRow>,
+}
+
+/// Writes the checkpoint and then the state (both atomically), with the metrics flushed first:
+/// a run killed at any moment leaves files that load, and a state never ahead of the metrics.
+fn save_all<B: Backend>(
+    cfg: &RunConfig,
+    prepared: &Prepared,
+    trainer: &Trainer<B>,
+    writer: &mut MetricsWriter,
+    out: &Path,
+    progress: &Progress,
+) -> Result<()> {
+    writer.flush()?;
+    checkpoint(prepared, trainer.parameters()?).save(&out.join("model.safetensors"))?;
+    let mut snapshot = Snapshot::default();
+    trainer.save(&mut snapshot)?;
+    snapshot.put("run.config", cfg);
+    snapshot.put("run.progress", progress);
+    crate::io::state::save(&out.join("state.safetensors"), &snapshot)
+}
+
+/// The run's settings and where it stood, from `dir/state.safetensors`.
+pub fn resume_config(dir: &Path) -> Result<RunConfig> {
+    let snapshot = crate::io::state::load(&dir.join("state.safetensors"))?;
+    let mut cfg: RunConfig = snapshot.get("run.config")?;
+    cfg.out = dir.to_path_buf();
+    cfg.claim = Claim::Resume;
+    Ok(cfg)
+}
+
+/// When to save the checkpoint and state between epochs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Every {
+    Steps(usize),
+    Seconds(f64),
+}
+
+impl std::str::FromStr for Every {
+    type Err = String;
+
+    /// `N` steps or `Ns` seconds of training.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?} is not a count of steps (100) or seconds (30s) above 0");
+        match s.trim().strip_suffix('s') {
+            Some(secs) => secs
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .map(Every::Seconds)
+                .ok_or_else(bad),
+            None => s
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|v| *v > 0)
+                .map(Every::Steps)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+/// A stop asked for by a signal: the run finishes its step, saves everything and returns
+/// [`Error::Interrupted`].
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running [`run`] to stop after its current step (what SIGINT and SIGTERM do in the
+/// command line). Safe to call from a signal handler's thread.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
 /// [`run`] on `b`; `phases` reads a profiling backend's time per phase, charged to the steps only
 /// (not the per-epoch evaluations and checkpoints).
 fn run_on<B: Backend>(
@@ -192,7 +277,7 @@ fn run_on<B: Backend>(
         prepared.mlp.clone(),
         &prepared.mlp.init(cfg.seed),
         cfg.optim,
-        examples_per_step(cfg.batch, prepared.train.n),
+        examples,
         cfg.seed,
     )?;
     if let Some(notice) = trainer.plan_notice() {
@@ -202,19 +287,39 @@ fn run_on<B: Backend>(
     let run_dir = RunDir::claim(&cfg.out, cfg.claim)?;
     let out = run_dir.path();
     let model_path = out.join("model.safetensors");
-    let mut writer = MetricsWriter::create(out)?;
     let per_epoch = data::batches(prepared.train.n, cfg.batch, cfg.seed, 0).len();
     let total_steps = cfg.steps.unwrap_or(per_epoch * cfg.epochs);
-    // the full training loss before the first step, to say so if the run ends above it
-    let initial_loss = trainer.evaluate(&prepared.train)?.loss;
+    let (mut progress, mut writer) = if cfg.claim == Claim::Resume {
+        let snapshot = crate::io::state::load(&out.join("state.safetensors"))?;
+        trainer.load(&snapshot)?;
+        let progress: Progress = snapshot.get("run.progress")?;
+        let writer = MetricsWriter::resume(out, trainer.steps(), progress.epoch - 1)?;
+        on_event(Event::Notice(&format!(
+            "resumed {} at step {} (epoch {}, batch {})",
+            out.display(),
+            trainer.steps(),
+            progress.epoch,
+            progress.position
+        )));
+        (progress, writer)
+    } else {
+        let progress = Progress {
+            epoch: 1,
+            // the full training loss before the first step, to say so if the run ends above it
+            initial_loss: trainer.evaluate(&prepared.train)?.loss,
+            ..Progress::default()
+        };
+        (progress, MetricsWriter::create(out)?)
+    };
     on_event(Event::Start { total_steps });
-    let mut wall_s = 0.0;
     let mut spent = Phases::default();
-    let mut last: Option<EpochRow> = None;
-    let mut epoch = 0;
+    let mut saved_at = (trainer.steps(), Instant::now());
     while trainer.steps() < total_steps {
-        epoch += 1;
-        for indices in data::batches(prepared.train.n, cfg.batch, cfg.seed, epoch) {
+        let epoch = progress.epoch;
+        for indices in data::batches(prepared.train.n, cfg.batch, cfg.seed, epoch)
+            .into_iter()
+            .skip(progress.position)
+        {
             if trainer.steps() >= total_steps {
                 break;
             }
@@ -236,7 +341,8 @@ fn run_on<B: Backend>(
                 }
                 Err(e) => return Err(e),
             };
-            wall_s += started.elapsed().as_secs_f64();
+            progress.wall_s += started.elapsed().as_secs_f64();
+            progress.position += 1;
             if let (Some(p), Some(before)) = (phases, before) {
                 let now = p();
                 (0..PHASES.len()).for_each(|k| spent.0[k] += now.0[k] - before.0[k]);
@@ -253,40 +359,95 @@ fn run_on<B: Backend>(
                 cg_iters: stats.update.cg_iters,
                 cg_rel_residual: stats.update.cg_rel_residual.map(f64::from),
                 damping: stats.update.damping.map(f64::from),
-                wall_s,
+                wall_s: progress.wall_s,
             };
             writer.step(&row)?;
             on_event(Event::Step(&row));
+            let stop = STOP.swap(false, Ordering::SeqCst);
+            let due = match cfg.checkpoint_every {
+                Some(Every::Steps(n)) => trainer.steps() - saved_at.0 >= n,
+                Some(Every::Seconds(s)) => saved_at.1.elapsed().as_secs_f64() >= s,
+                None => false,
+            };
+            if stop || due {
+                save_all(cfg, prepared, &trainer, &mut writer, out, &progress)?;
+                saved_at = (trainer.steps(), Instant::now());
+            }
+            if stop {
+                let row = epoch_row(&trainer, prepared, epoch, progress.wall_s)?;
+                let summary = summarize(
+                    cfg,
+                    prepared,
+                    &trainer,
+                    device,
+                    &row,
+                    &progress,
+                    phases.map(|_| &spent),
+                    true,
+                );
+                crate::io::metrics::write_summary(out, &summary)?;
+                plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
+                return Err(Error::Interrupted {
+                    step: trainer.steps(),
+                    dir: out.display().to_string(),
+                });
+            }
         }
-        let row = epoch_row(&trainer, prepared, epoch, wall_s)?;
+        let row = epoch_row(&trainer, prepared, epoch, progress.wall_s)?;
         writer.epoch(&row)?;
-        checkpoint(prepared, trainer.parameters()?).save(&model_path)?;
         on_event(Event::Epoch(&row));
-        last = Some(row);
+        progress.last = Some(row);
+        progress.epoch += 1;
+        progress.position = 0;
+        save_all(cfg, prepared, &trainer, &mut writer, out, &progress)?;
+        saved_at = (trainer.steps(), Instant::now());
     }
-    let last = match last {
-        Some(row) => row,
-        None => {
-            // zero steps asked for: the initial parameters are the result
-            let row = epoch_row(&trainer, prepared, 0, 0.0)?;
-            writer.epoch(&row)?;
-            checkpoint(prepared, trainer.parameters()?).save(&model_path)?;
-            row
-        }
+    let Some(last) = progress.last else {
+        return Err(Error::InvalidArgument {
+            name: "--steps",
+            reason: format!("the run already took its {total_steps} steps: give more with --epochs or --steps"),
+        });
     };
     writer.flush()?;
-    if last.train_loss > initial_loss {
+    if last.train_loss > progress.initial_loss {
         let advice = match cfg.optim.kind {
             crate::optim::OptimizerKind::Ngd => "a smaller --kl or --lr",
             _ => "a smaller --lr",
         };
         on_event(Event::Notice(&format!(
-            "warning: the training loss rose over the run, from {initial_loss:.6} to {:.6}: try {advice}",
-            last.train_loss
+            "warning: the training loss rose over the run, from {:.6} to {:.6}: try {advice}",
+            progress.initial_loss, last.train_loss
         )));
     }
+    let summary = summarize(
+        cfg,
+        prepared,
+        &trainer,
+        device,
+        &last,
+        &progress,
+        phases.map(|_| &spent),
+        false,
+    );
+    crate::io::metrics::write_summary(out, &summary)?;
+    plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
+    Ok(summary)
+}
+
+/// The summary of a run standing at `progress` whose last figures over the whole sets are `last`.
+#[allow(clippy::too_many_arguments)]
+fn summarize<B: Backend>(
+    cfg: &RunConfig,
+    prepared: &Prepared,
+    trainer: &Trainer<B>,
+    device: (&str, &str),
+    last: &EpochRow,
+    progress: &Progress,
+    spent: Option<&Phases>,
+    interrupted: bool,
+) -> Summary {
     let steps = trainer.steps();
-    let summary = Summary {
+    Summary {
         train_loss: last.train_loss,
         train_objective: last.train_objective,
         train_accuracy: last.train_accuracy,
@@ -295,22 +456,20 @@ fn run_on<B: Backend>(
             val_accuracy: last.val_accuracy,
         }),
         steps,
-        epochs: epoch,
-        wall_s,
+        epochs: last.epoch,
+        wall_s: progress.wall_s,
         device: device.0.into(),
         adapter: device.1.into(),
         config: config_json(cfg, &prepared.mlp, trainer.curvature()),
-        profile_ms_per_step: phases.map(|_| {
+        interrupted,
+        profile_ms_per_step: spent.map(|spent| {
             PHASES
                 .iter()
                 .zip(spent.0)
                 .map(|(name, s)| (name.to_string(), 1e3 * s / steps.max(1) as f64))
                 .collect()
         }),
-    };
-    crate::io::metrics::write_summary(out, &summary)?;
-    plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
-    Ok(summary)
+    }
 }
 
 /// Where a run's outputs go by default: `runs/<dataset>-<optimizer>`.

@@ -27,6 +27,9 @@ pub struct Summary {
     pub adapter: String,
     /// Every setting (see [`config_json`]).
     pub config: Value,
+    /// Stopped by a signal before its last step (it can be resumed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     /// With `--profile`: mean milliseconds per step by phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_ms_per_step: Option<BTreeMap<String, f64>>,
