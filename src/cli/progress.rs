@@ -18,7 +18,9 @@ impl Progress {
         match event {
             Event::Start { total_steps } if std::io::stdout().is_terminal() => {
                 let bar = indicatif::ProgressBar::new(total_steps as u64);
-                if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}") {
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta} {msg}",
+                ) {
                     bar.set_style(style);
                 }
                 self.bar = Some(bar);

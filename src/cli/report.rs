@@ -33,7 +33,7 @@ pub fn finished(summary: &Summary, out: &std::path::Path) {
         accuracy(summary.train_accuracy)
     );
     println!(
-        "outputs in {}: metrics.csv, epochs.csv, summary.json, model.safetensors, loss.svg",
+        "outputs in {}: metrics.csv, epochs.csv, summary.json, model.safetensors, state.safetensors, loss.svg",
         out.display()
     );
 }

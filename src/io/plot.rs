@@ -53,10 +53,16 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// The x axis of a panel: what it is called, and whether its values are whole (steps).
+struct Axis<'a> {
+    label: &'a str,
+    whole: bool,
+}
+
 fn panel(
     area: &DrawingArea<SVGBackend, Shift>,
     series: &[Series],
-    x_label: &str,
+    axis: Axis,
     x_of: impl Fn(&Series) -> &[f64],
 ) -> std::result::Result<(), String> {
     let finite = |v: &f64| v.is_finite();
@@ -80,37 +86,46 @@ fn panel(
         (0.0, 1.0)
     };
     let mut builder = ChartBuilder::on(area);
-    builder.margin(12).x_label_area_size(36).y_label_area_size(56);
+    let names: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+    let title = format!("{}: loss against {}", names.join(", "), axis.label);
+    builder
+        .caption(title, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56);
     // losses that fall by orders of magnitude read best on a log axis; a Gaussian NLL can be
     // negative, and then the axis is linear
     if lo > 0.0 {
         let chart = builder
             .build_cartesian_2d(0.0..x_max, (lo * 0.8..hi * 1.25).log_scale())
             .map_err(|e| e.to_string())?;
-        draw_curves(chart, series, x_label, &x_of)
+        draw_curves(chart, series, &axis, x_max, &x_of)
     } else {
         let chart = builder
             .build_cartesian_2d(0.0..x_max, lo - 0.05 * (hi - lo)..hi + 0.05 * (hi - lo))
             .map_err(|e| e.to_string())?;
-        draw_curves(chart, series, x_label, &x_of)
+        draw_curves(chart, series, &axis, x_max, &x_of)
     }
 }
 
 fn draw_curves<'a, Y>(
     mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
     series: &[Series],
-    x_label: &str,
+    axis: &Axis,
+    x_max: f64,
     x_of: &impl Fn(&Series) -> &[f64],
 ) -> std::result::Result<(), String>
 where
     Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc("training loss (batch)")
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let whole = |x: &f64| format!("{x:.0}");
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(axis.label).y_desc("training loss (batch)");
+    if axis.whole {
+        // steps are whole: no more ticks than steps, and no fractions on them
+        mesh.x_labels((x_max as usize).clamp(2, 10)).x_label_formatter(&whole);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
     for (k, s) in series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
         let points = x_of(s)
@@ -141,8 +156,16 @@ pub fn loss_plot(series: &[Series], out: &Path) -> Result<()> {
         let draw = || -> std::result::Result<(), String> {
             root.fill(&WHITE).map_err(|e| e.to_string())?;
             let (left, right) = root.split_horizontally(550);
-            panel(&left, series, "step", |s| &s.steps)?;
-            panel(&right, series, "wall time (s)", |s| &s.wall_s)?;
+            let step = Axis {
+                label: "step",
+                whole: true,
+            };
+            let time = Axis {
+                label: "wall time (s)",
+                whole: false,
+            };
+            panel(&left, series, step, |s| &s.steps)?;
+            panel(&right, series, time, |s| &s.wall_s)?;
             root.present().map_err(|e| e.to_string())
         };
         draw().map_err(|e| Error::Io {
