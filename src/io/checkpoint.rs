@@ -95,10 +95,15 @@ impl Checkpoint {
 
     /// Reads a checkpoint written by [`Checkpoint::save`], checking every tensor's shape.
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |msg: String| super::io_error(path, msg);
         let bytes = std::fs::read(path).map_err(|e| super::io_error(path, e))?;
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// Parses a checkpoint's bytes; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let bad = |msg: String| super::io_error(path, msg);
         let (_, header) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+            SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         if metadata.get(FORMAT.0).map(String::as_str) != Some(FORMAT.1) {
             return Err(bad(format!(
@@ -117,7 +122,7 @@ impl Checkpoint {
             .and_then(spec_from_json)
             .ok_or_else(|| bad("metadata has no valid model spec".into()))?;
         let mlp = Mlp::new(spec)?;
-        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let mut theta = vec![0.0f32; mlp.num_params()];
         for (i, layer) in mlp.layers().iter().enumerate() {
             for (name, start, shape) in [

@@ -35,9 +35,14 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> Result<()> {
 
 /// Reads a state written by [`save`].
 pub fn load(path: &Path) -> Result<Snapshot> {
-    let bad = |msg: String| super::io_error(path, msg);
     let bytes = std::fs::read(path).map_err(|e| super::io_error(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    from_bytes(path, &bytes)
+}
+
+/// Parses a state's bytes; `path` names it in errors.
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
+    let bad = |msg: String| super::io_error(path, msg);
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     if metadata.get(FORMAT.0).map(String::as_str) != Some(FORMAT.1) {
         return Err(bad(format!(
@@ -52,7 +57,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             snapshot.values.insert(name.to_owned(), value);
         }
     }
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
     for (name, view) in tensors.tensors() {
         let data = view.data();
         let tensor = match view.dtype() {
