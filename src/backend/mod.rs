@@ -50,6 +50,36 @@ pub struct BatchLoss {
     pub examples: usize,
 }
 
+/// Submissions and host waits a device has made since it was opened (a GPU's; the CPU has none):
+/// what decides a small model's step time on a real GPU, reported per step by a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncCounts {
+    /// Command buffers submitted to the device's queue.
+    pub submissions: u64,
+    /// Times the host waited for the device: read-backs, timings, synchronisations.
+    pub host_syncs: u64,
+}
+
+impl SyncCounts {
+    /// The counts from `before` to `self`.
+    pub fn since(self, before: SyncCounts) -> SyncCounts {
+        SyncCounts {
+            submissions: self.submissions - before.submissions,
+            host_syncs: self.host_syncs - before.host_syncs,
+        }
+    }
+}
+
+/// What a training step reads back of the device, read together (one wait on a GPU).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepScalars {
+    pub loss: BatchLoss,
+    /// ‖g‖²
+    pub grad_sq: f64,
+    /// Σ mᵢθᵢ² over the weight mask m, when asked for (weight decay's ‖W‖²); 0 otherwise.
+    pub weight_sq: f64,
+}
+
 /// Device memory: allocation, transfer, shapes and copies, and what the device is.
 pub trait Buffers {
     /// A dense matrix resident on the device.
@@ -75,6 +105,10 @@ pub trait Buffers {
     fn download_matrix(&self, m: &Self::Matrix) -> Result<Vec<f32>>;
     /// The vector back on the host.
     fn download_vector(&self, v: &Self::Vector) -> Result<Vec<f32>>;
+    /// Several matrices back on the host together (one wait on a GPU).
+    fn download_matrices(&self, ms: &[&Self::Matrix]) -> Result<Vec<Vec<f32>>> {
+        ms.iter().map(|m| self.download_matrix(m)).collect()
+    }
     /// `(rows, cols)`.
     fn shape(&self, m: &Self::Matrix) -> (usize, usize);
     /// Number of elements.
@@ -102,6 +136,11 @@ pub trait Buffers {
     fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
         work()?;
         Ok(None)
+    }
+
+    /// Submissions and host waits so far, where the device counts them (a GPU).
+    fn sync_counts(&self) -> Option<SyncCounts> {
+        None
     }
 
     /// Memory the device has free for natgrad, where it can tell (wgpu does not report a GPU's).
@@ -192,7 +231,7 @@ pub trait CgOps: BlasOps {
 }
 
 /// An MLP on the device: batches, the forward pass, loss, gradient and score rows.
-pub trait MlpOps: Buffers {
+pub trait MlpOps: BlasOps {
     /// An MLP batch on the device: inputs, targets, and the forward pass's activations.
     type Batch;
 
@@ -267,6 +306,42 @@ pub trait MlpOps: Buffers {
         key: SampleKey,
         v: &Self::Vector,
     ) -> Result<f64>;
+
+    /// `vᵀ F v + Σ diag_i v_i²` ([`MlpOps::fisher_quad`] plus a diagonal's share: the trust
+    /// region's measure of a step under damping), read back at once.
+    #[allow(clippy::too_many_arguments)]
+    fn damped_fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &Self::Vector,
+        batch: &mut Self::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &Self::Vector,
+        diag: &Self::Vector,
+    ) -> Result<f64> {
+        Ok(self.fisher_quad(mlp, theta, batch, kind, key, v)? + self.weighted_dot(v, diag, v)?)
+    }
+
+    /// The loss and accuracy of the last forward pass, ‖g‖², and with `weight_mask` the weight
+    /// decay's Σ mᵢθᵢ²: everything a step reads back before its update, in one wait.
+    fn step_scalars(
+        &self,
+        mlp: &Mlp,
+        batch: &Self::Batch,
+        g: &Self::Vector,
+        theta: &Self::Vector,
+        weight_mask: Option<&Self::Vector>,
+    ) -> Result<StepScalars> {
+        Ok(StepScalars {
+            loss: self.batch_loss(mlp, batch)?,
+            grad_sq: self.dot(g, g)?,
+            weight_sq: match weight_mask {
+                Some(w) => self.weighted_dot(theta, w, theta)?,
+                None => 0.0,
+            },
+        })
+    }
 
     /// K-FAC's statistics of the batch at the last forward pass, per layer l: `a[l] = (1/n) Σ ā āᵀ`
     /// of the layer's inputs with a 1 appended ((fan_in+1)²), and `s[l] = (1/n) Σ_rows δ δᵀ` of

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use crate::backend::AdamStep;
 use crate::backend::cg::{CgParams, CgReport};
-use crate::backend::{Backend, BatchLoss, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps};
+use crate::backend::{
+    Backend, BatchLoss, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps, StepScalars, SyncCounts,
+};
 use crate::error::Result;
 use crate::model::Mlp;
 use crate::model::{FisherKind, SampleKey};
@@ -31,6 +33,8 @@ impl Phases {
 pub struct Profiled<'b, B: Backend> {
     inner: &'b B,
     phases: RefCell<Phases>,
+    /// the waits (each one submission and one host sync) profiling itself added
+    own_syncs: RefCell<u64>,
 }
 
 impl<'b, B: Backend> Profiled<'b, B> {
@@ -38,6 +42,7 @@ impl<'b, B: Backend> Profiled<'b, B> {
         Self {
             inner,
             phases: RefCell::new(Phases::default()),
+            own_syncs: RefCell::new(0),
         }
     }
 
@@ -51,6 +56,7 @@ impl<'b, B: Backend> Profiled<'b, B> {
         let start = Instant::now();
         let value = f()?;
         self.inner.synchronize()?;
+        *self.own_syncs.borrow_mut() += 1;
         self.phases.borrow_mut().0[phase] += start.elapsed().as_secs_f64();
         Ok(value)
     }
@@ -97,6 +103,19 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
 
     fn download_vector(&self, v: &B::Vector) -> Result<Vec<f32>> {
         self.timed(UPDATE, || self.inner.download_vector(v))
+    }
+
+    fn download_matrices(&self, ms: &[&B::Matrix]) -> Result<Vec<Vec<f32>>> {
+        self.timed(FISHER, || self.inner.download_matrices(ms))
+    }
+
+    /// The device's counts less the waits profiling added: what the same run makes unprofiled.
+    fn sync_counts(&self) -> Option<SyncCounts> {
+        let own = *self.own_syncs.borrow();
+        self.inner.sync_counts().map(|c| SyncCounts {
+            submissions: c.submissions - own,
+            host_syncs: c.host_syncs - own,
+        })
     }
 
     fn shape(&self, m: &B::Matrix) -> (usize, usize) {
@@ -284,6 +303,32 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         v: &B::Vector,
     ) -> Result<f64> {
         self.timed(SOLVE, || self.inner.fisher_quad(mlp, theta, batch, kind, key, v))
+    }
+
+    fn damped_fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &B::Vector,
+        batch: &mut B::Batch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &B::Vector,
+        diag: &B::Vector,
+    ) -> Result<f64> {
+        self.timed(UPDATE, || {
+            self.inner.damped_fisher_quad(mlp, theta, batch, kind, key, v, diag)
+        })
+    }
+
+    fn step_scalars(
+        &self,
+        mlp: &Mlp,
+        batch: &B::Batch,
+        g: &B::Vector,
+        theta: &B::Vector,
+        weight_mask: Option<&B::Vector>,
+    ) -> Result<StepScalars> {
+        self.timed(GRADIENT, || self.inner.step_scalars(mlp, batch, g, theta, weight_mask))
     }
 
     fn kfac_factors(

@@ -17,6 +17,12 @@ pub fn finished(summary: &Summary, out: &std::path::Path) {
             profile.values().sum::<f64>()
         );
     }
+    if let Some(p) = &summary.profile {
+        println!(
+            "device: {:.1} submissions and {:.1} host waits per step (at most {} in one step)",
+            p.submissions_per_step, p.host_syncs_per_step, p.max_host_syncs_per_step
+        );
+    }
     let accuracy = |a: Option<f64>| a.map(|a| format!(", accuracy {a:.4}")).unwrap_or_default();
     let val = summary
         .val

@@ -150,12 +150,15 @@ impl<B: Backend> KroneckerFactors<B> {
         };
         let (a, s) = (&mut self.batch_a, &mut self.batch_s);
         b.kfac_factors(at.mlp, at.theta, at.batch, kind, at.key, a, s)?;
-        let download = |ms: &[B::Matrix]| -> Result<Vec<Vec<f64>>> {
-            ms.iter()
-                .map(|m| Ok(b.download_matrix(m)?.into_iter().map(f64::from).collect()))
-                .collect()
-        };
-        let (a, s) = (download(&self.batch_a)?, download(&self.batch_s)?);
+        // every factor in one read-back
+        let all: Vec<&B::Matrix> = self.batch_a.iter().chain(&self.batch_s).collect();
+        let mut host: Vec<Vec<f64>> = b
+            .download_matrices(&all)?
+            .into_iter()
+            .map(|m| m.into_iter().map(f64::from).collect())
+            .collect();
+        let s = host.split_off(self.batch_a.len());
+        let a = host;
         if a.iter().chain(&s).flatten().any(|v| !v.is_finite()) {
             log::warn!("K-FAC: this batch's factors hold a non-finite value; kept the previous ones");
             return Ok(());

@@ -108,8 +108,7 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
 /// `dᵀ(F + D)d` by one forward-mode pass (no backward pass): the trust region's measure for every
 /// representation that does not hold F.
 pub(crate) fn quad<B: Backend>(b: &B, at: &mut At<'_, B>, diag: &B::Vector, d: &B::Vector) -> Result<f64> {
-    let fisher = b.fisher_quad(at.mlp, at.theta, at.batch, at.fisher, at.key, d)?;
-    Ok(fisher + b.weighted_dot(d, diag, d)?)
+    b.damped_fisher_quad(at.mlp, at.theta, at.batch, at.fisher, at.key, d, diag)
 }
 
 /// `v ↦ F v + D v`, F the batch's Fisher applied matrix-free.

@@ -76,19 +76,19 @@ impl Blas2Kernels {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
     ) -> Result<()> {
-        let uniform = ctx.uniform("curvature params", &params);
+        let uniform = ctx.uniform(&params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "blas2", &entries);
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let group = kernel::bind_some(ctx, &pipeline, "blas2", &entries);
+        ctx.record(|encoder| -> Result<()> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, 1);
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 
     fn matrix_params(a: &GpuMatrix) -> Params {
@@ -218,7 +218,7 @@ impl Blas2Kernels {
         row0: usize,
         col0: usize,
     ) -> Result<()> {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        ctx.record(|encoder| -> Result<()> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             self.matmul.record(
@@ -232,7 +232,7 @@ impl Blas2Kernels {
                 0.0,
             )?;
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 }

@@ -5,9 +5,8 @@
 //! 4 and `rows` rounded up to 4, the padding zero; a vector of `len` is stored as `len` rounded
 //! up to 4, the padding zero. Kernels then load whole vec4s and handle no tails.
 
-use wgpu::util::DeviceExt;
-
 use super::context::GpuContext;
+use super::engine::{self, Pool};
 use crate::error::{Error, Result};
 
 /// `n` rounded up to a whole number of vec4s.
@@ -15,11 +14,18 @@ pub fn padded(n: usize) -> usize {
     n.next_multiple_of(4)
 }
 
-/// A dense row-major f32 matrix on the device.
+/// A dense row-major f32 matrix on the device; its buffer goes back to the pool when dropped.
 pub struct GpuMatrix {
     pub(crate) buffer: wgpu::Buffer,
     pub rows: usize,
     pub cols: usize,
+    pool: Pool,
+}
+
+impl Drop for GpuMatrix {
+    fn drop(&mut self) {
+        engine::give_back(&self.pool, self.buffer.clone());
+    }
 }
 
 impl GpuMatrix {
@@ -34,10 +40,17 @@ impl GpuMatrix {
     }
 }
 
-/// An f32 vector on the device.
+/// An f32 vector on the device; its buffer goes back to the pool when dropped.
 pub struct GpuVector {
     pub(crate) buffer: wgpu::Buffer,
     pub len: usize,
+    pool: Pool,
+}
+
+impl Drop for GpuVector {
+    fn drop(&mut self) {
+        engine::give_back(&self.pool, self.buffer.clone());
+    }
 }
 
 impl GpuVector {
@@ -53,6 +66,15 @@ pub const MAX_INDEXED_BYTES: u64 = 4 << 32;
 /// Bytes of a `rows × cols` matrix in the padded layout.
 pub fn matrix_bytes(rows: usize, cols: usize) -> Option<u64> {
     (padded(rows) as u64).checked_mul(padded(cols) as u64)?.checked_mul(4)
+}
+
+/// `m`'s rows as read back (`rows × ld`), without the padding columns.
+pub fn unpad(m: &GpuMatrix, all: Vec<f32>) -> Vec<f32> {
+    let ld = m.ld();
+    if ld == m.cols {
+        return all;
+    }
+    all.chunks_exact(ld).flat_map(|row| &row[..m.cols]).copied().collect()
 }
 
 impl GpuContext {
@@ -87,12 +109,19 @@ impl GpuContext {
                 self.limits.max_storage_buffer_binding_size,
             ));
         }
+        // wgpu rounds nothing: keep the size a multiple of 4 and never 0
+        let size = bytes.max(16).next_multiple_of(4);
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | extra;
+        if let Some(buffer) = engine::take(self.engine.pool(), size, usage) {
+            // zeroed in order behind whatever used it last
+            self.engine.zero(&buffer);
+            return Ok(buffer);
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
-            // wgpu rounds nothing: keep the size a multiple of 4 and never 0
-            size: bytes.max(16).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | extra,
+            size,
+            usage,
             mapped_at_creation: false,
         });
         match pollster::block_on(scope.pop()) {
@@ -109,7 +138,12 @@ impl GpuContext {
         let shape = format!("{rows}×{cols} f32");
         let bytes = matrix_bytes(rows, cols).ok_or_else(|| Error::Shape(format!("{what}: {shape} overflows")))?;
         let buffer = self.storage_buffer(what, &shape, bytes, wgpu::BufferUsages::empty())?;
-        Ok(GpuMatrix { buffer, rows, cols })
+        Ok(GpuMatrix {
+            buffer,
+            rows,
+            cols,
+            pool: self.engine.pool().clone(),
+        })
     }
 
     /// Uploads `data` (`rows × cols`, row-major, already checked) into the padded layout.
@@ -117,13 +151,13 @@ impl GpuContext {
         let m = self.zeros_matrix(what, rows, cols)?;
         let ld = m.ld();
         if ld == cols {
-            self.queue.write_buffer(&m.buffer, 0, bytemuck::cast_slice(data));
+            self.write(&m.buffer, 0, bytemuck::cast_slice(data));
         } else {
             let mut staged = vec![0.0f32; rows * ld];
             for (dst, src) in staged.chunks_exact_mut(ld).zip(data.chunks_exact(cols)) {
                 dst[..cols].copy_from_slice(src);
             }
-            self.queue.write_buffer(&m.buffer, 0, bytemuck::cast_slice(&staged));
+            self.write(&m.buffer, 0, bytemuck::cast_slice(&staged));
         }
         Ok(m)
     }
@@ -135,32 +169,66 @@ impl GpuContext {
         }
         let shape = format!("{len} f32");
         let buffer = self.storage_buffer(what, &shape, padded(len) as u64 * 4, wgpu::BufferUsages::empty())?;
-        Ok(GpuVector { buffer, len })
+        Ok(GpuVector {
+            buffer,
+            len,
+            pool: self.engine.pool().clone(),
+        })
     }
 
     /// Uploads `data` (already checked).
     pub fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<GpuVector> {
         let v = self.zeros_vector(what, data.len())?;
-        self.queue.write_buffer(&v.buffer, 0, bytemuck::cast_slice(data));
+        self.write(&v.buffer, 0, bytemuck::cast_slice(data));
         Ok(v)
     }
 
-    /// A small uniform buffer holding `value`.
-    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+    /// Records a copy of `data` into `buffer` at `offset`, in order with the recorded work.
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        self.engine.write(&self.device, buffer, offset, data)
     }
 
-    /// Copies `size` bytes at `offset` of `buffer` back to the host after all queued work,
-    /// waiting at most the context's timeout.
+    /// A uniform buffer holding `value` (one per distinct value, cached).
+    pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
+        self.engine.uniform(&self.device, bytemuck::bytes_of(value))
+    }
+
+    /// Copies `size` bytes at `offset` of `buffer` back to the host after all recorded work,
+    /// waiting at most the context's timeout: one submission and one host wait.
     pub fn read_back<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<T>> {
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        let staging = self.copy_to_staging(&mut encoder, buffer, offset, size);
-        let index = self.queue.submit([encoder.finish()]);
+        let staging = self.record(|e| self.copy_to_staging(e, buffer, offset, size));
+        let index = self.flush()?;
         self.map_staging(&staging, index)
+    }
+
+    /// Several ranges `(buffer, offset, size)` read back together after all recorded work: one
+    /// submission and one host wait, however many values the host needs.
+    pub fn read_back_many(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        let total: u64 = ranges.iter().map(|r| r.2).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|e| {
+            let mut at = 0;
+            for &(buffer, offset, size) in ranges {
+                e.copy_buffer_to_buffer(buffer, offset, &staging, at, size);
+                at += size;
+            }
+        });
+        let index = self.flush()?;
+        let all: Vec<u8> = self.map_staging(&staging, index)?;
+        let mut at = 0usize;
+        Ok(ranges
+            .iter()
+            .map(|r| {
+                let part = all[at..at + r.2 as usize].to_vec();
+                at += r.2 as usize;
+                part
+            })
+            .collect())
     }
 
     /// Records a copy of `buffer[offset .. offset + size]` into a new mappable buffer.
@@ -215,12 +283,8 @@ impl GpuContext {
 
     /// The matrix back on the host, without padding.
     pub fn download_matrix(&self, m: &GpuMatrix) -> Result<Vec<f32>> {
-        let ld = m.ld();
-        let all: Vec<f32> = self.read_back(&m.buffer, 0, (m.rows * ld * 4) as u64)?;
-        if ld == m.cols {
-            return Ok(all);
-        }
-        Ok(all.chunks_exact(ld).flat_map(|row| &row[..m.cols]).copied().collect())
+        let all: Vec<f32> = self.read_back(&m.buffer, 0, (m.rows * m.ld() * 4) as u64)?;
+        Ok(unpad(m, all))
     }
 
     /// The vector back on the host.

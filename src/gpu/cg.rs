@@ -17,9 +17,10 @@ use crate::backend::{self, CgOps};
 use crate::error::{Error, Result};
 
 /// Iterations recorded per submission. Past it, the solve reads its 32-byte state back to decide
-/// whether to record more: one small read per this many iterations, and a bounded amount of
-/// recorded work left idle after convergence.
-pub const ITERATIONS_PER_SUBMISSION: usize = 256;
+/// whether to record more. Iterations recorded past convergence cost three empty indirect
+/// dispatches each, so this is large enough that every solve natgrad runs (Woodbury's small
+/// system runs up to its m ≤ a few thousand iterations) is one submission and one read-back.
+pub const ITERATIONS_PER_SUBMISSION: usize = 4096;
 
 shader_struct! {
     pub(crate) struct Params in "cg" {
@@ -149,18 +150,14 @@ impl CgKernels {
             small("CG dispatch sizes 0", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
             small("CG dispatch sizes 1", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
         ];
-        let cg_params = ctx.uniform(
-            "cg params",
-            &Params {
+        let cg_params = ctx.uniform(&Params {
                 n4,
                 tol2: params.rel_tol * params.rel_tol,
                 max_iters: params.max_iters as u32,
                 vec_groups,
             },
         );
-        let mv_params = ctx.uniform(
-            "cg matvec params",
-            &linalg::Params {
+        let mv_params = ctx.uniform(&linalg::Params {
                 n4,
                 ld4: a.ld4(),
                 alpha: damping,
@@ -171,8 +168,9 @@ impl CgKernels {
         let mv_d = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &d.buffer, &q, &partial);
         // parity k: iteration k reads states[k], writes states[k ^ 1] and the next sizes args[k ^ 1]
         let groups = [0usize, 1].map(|k| {
-            kernel::bind(
+            kernel::bind_layout(
                 ctx,
+                &self.init,
                 &self.layout,
                 "cg",
                 &[
@@ -191,8 +189,7 @@ impl CgKernels {
         });
         let (mv_x, mv_y) = kernel::grid(n4);
 
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
+        ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&self.matvec);
             pass.set_bind_group(0, &mv_d, &[]);
@@ -207,11 +204,11 @@ impl CgKernels {
             pass.set_bind_group(0, &groups[0], &[]);
             pass.set_pipeline(&self.restart);
             pass.dispatch_workgroups(vec_groups, 1, 1);
-        }
+        });
         let mut k = 0;
         loop {
             let block = ITERATIONS_PER_SUBMISSION.min(params.max_iters - k);
-            {
+            ctx.record(|encoder| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 for i in k..k + block {
                     let parity = i % 2;
@@ -224,20 +221,17 @@ impl CgKernels {
                     pass.set_pipeline(&self.direction);
                     pass.dispatch_workgroups(vec_groups, 1, 1);
                 }
-            }
+            });
             k += block;
             if k >= params.max_iters {
                 break;
             }
-            let staging = ctx.copy_to_staging(&mut encoder, &states[k % 2], 0, STATE_BYTES);
-            let index = ctx.queue.submit([encoder.finish()]);
-            let state = ctx.map_staging::<State>(&staging, index)?[0];
-            encoder = ctx.device.create_command_encoder(&Default::default());
+            let state = ctx.read_back::<State>(&states[k % 2], 0, STATE_BYTES)?[0];
             if state.status != CG_RUNNING {
                 break;
             }
         }
-        {
+        ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&self.matvec);
             pass.set_bind_group(0, &mv_d, &[]);
@@ -247,10 +241,8 @@ impl CgKernels {
             pass.dispatch_workgroups(vec_groups, 1, 1);
             pass.set_pipeline(&self.final_state);
             pass.dispatch_workgroups(1, 1, 1);
-        }
-        let staging = ctx.copy_to_staging(&mut encoder, &states[(k + 1) % 2], 0, STATE_BYTES);
-        let index = ctx.queue.submit([encoder.finish()]);
-        let state = ctx.map_staging::<State>(&staging, index)?[0];
+        });
+        let state = ctx.read_back::<State>(&states[(k + 1) % 2], 0, STATE_BYTES)?[0];
         let outcome = CgOutcome::from_code(state.status)
             .ok_or_else(|| Error::Gpu(format!("CG ended in state {} (not a final state)", state.status)))?;
         Ok(CgReport {

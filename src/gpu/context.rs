@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::engine::{Counts, Engine};
 use crate::error::{Error, Result};
 
 /// Optional features natgrad uses where the adapter has them, and never assumes.
@@ -113,6 +114,8 @@ pub struct GpuContext {
     timeout: Duration,
     /// The first uncaptured wgpu error or device loss, raised at the next wait.
     fault: Arc<Mutex<Option<Error>>>,
+    /// The open recording, the caches, and the counts of submissions and waits.
+    pub(crate) engine: Engine,
 }
 
 impl GpuContext {
@@ -163,6 +166,7 @@ impl GpuContext {
             features,
             timeout: default_timeout()?,
             fault,
+            engine: Engine::default(),
         })
     }
 
@@ -179,8 +183,26 @@ impl GpuContext {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
+    /// Records into the open command encoder; nothing is submitted until the host must wait.
+    pub fn record<T>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> T) -> T {
+        self.engine.record(&self.device, f)
+    }
+
+    /// Submits everything recorded so far, then reports any fault seen so far.
+    pub fn flush(&self) -> Result<wgpu::SubmissionIndex> {
+        let index = self.engine.flush(&self.device, &self.queue);
+        self.check_fault()?;
+        Ok(index)
+    }
+
+    /// Submissions and host waits since the device was opened.
+    pub fn counts(&self) -> Counts {
+        self.engine.counts()
+    }
+
     /// Waits (bounded) for `submission` to finish, then reports any fault seen so far.
     pub fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        self.engine.count_sync();
         let poll = self.device.poll(wgpu::PollType::Wait {
             submission_index: Some(submission),
             timeout: Some(self.timeout),
@@ -193,9 +215,9 @@ impl GpuContext {
         }
     }
 
-    /// Submits `encoder` and waits for it (bounded).
-    pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        let index = self.queue.submit([encoder.finish()]);
+    /// Submits everything recorded and waits for it (bounded).
+    pub fn finish(&self) -> Result<()> {
+        let index = self.flush()?;
         self.wait(index)
     }
 

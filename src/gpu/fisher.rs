@@ -97,7 +97,6 @@ impl FisherKernel {
                 limit: MAX_GROUPS as u64,
             });
         }
-        let layout = self.pipeline.get_bind_group_layout(0);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("fisher"),
             timestamp_writes: None,
@@ -114,8 +113,8 @@ impl FisherKernel {
                 row0: row0 as u32,
                 pad: 0,
             };
-            let uniform = ctx.uniform("fisher params", &params);
-            let group = kernel::bind(ctx, &layout, "fisher", &[&uniform, &g.buffer, &f.buffer]);
+            let uniform = ctx.uniform(&params);
+            let group = kernel::bind(ctx, &self.pipeline, "fisher", &[&uniform, &g.buffer, &f.buffer]);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);
         }

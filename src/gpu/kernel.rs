@@ -42,35 +42,37 @@ pub fn pipeline(
     })
 }
 
-/// A bind group for `pipeline`'s group 0 with `buffers[i]` at binding i.
+/// The bind group of `pipeline`'s group 0 with `buffers[i]` at binding i (cached by the engine).
 pub fn bind(
     ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+    bind_some(ctx, pipeline, label, &numbered)
+}
+
+/// The bind group for a pipeline whose derived layout has only some of the file's bindings:
+/// `(binding, buffer)` pairs (cached by the engine).
+pub fn bind_some(
+    ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    ctx.engine.bind_group(&ctx.device, pipeline, None, label, buffers)
+}
+
+/// The bind group of an explicit `layout` shared by `pipeline` and others, `buffers[i]` at
+/// binding i (cached by the engine).
+pub fn bind_layout(
+    ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
     layout: &wgpu::BindGroupLayout,
     label: &str,
     buffers: &[&wgpu::Buffer],
 ) -> wgpu::BindGroup {
     let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
-    bind_some(ctx, layout, label, &numbered)
-}
-
-/// A bind group for a pipeline whose derived layout has only some of the file's bindings:
-/// `(binding, buffer)` pairs.
-pub fn bind_some(
-    ctx: &GpuContext,
-    layout: &wgpu::BindGroupLayout,
-    label: &str,
-    buffers: &[(u32, &wgpu::Buffer)],
-) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .map(|(i, b)| wgpu::BindGroupEntry {
-            binding: *i,
-            resource: b.as_entire_binding(),
-        })
-        .collect();
-    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(label),
-        layout,
-        entries: &entries,
-    })
+    ctx.engine.bind_group(&ctx.device, pipeline, Some(layout), label, &numbered)
 }

@@ -77,7 +77,7 @@ impl LinalgKernels {
     ) -> wgpu::BindGroup {
         kernel::bind(
             ctx,
-            &pipeline.get_bind_group_layout(0),
+            &pipeline,
             "matvec",
             &[params, &a.buffer, x, y, partials],
         )
@@ -94,9 +94,7 @@ impl LinalgKernels {
         y: &GpuVector,
     ) -> Result<()> {
         let n4 = x.n4();
-        let params = ctx.uniform(
-            "matvec params",
-            &Params {
+        let params = ctx.uniform(&Params {
                 n4,
                 ld4: a.ld4(),
                 alpha: damping,
@@ -120,6 +118,19 @@ impl LinalgKernels {
 
     /// xᵀy, or Σ xᵢ wᵢ yᵢ with `weights`, read back (waits for the device).
     pub fn dot(&self, ctx: &GpuContext, x: &GpuVector, y: &GpuVector, weights: Option<&GpuVector>) -> Result<f64> {
+        let (buffer, offset) = self.record_dot(ctx, x, y, weights)?;
+        Ok(ctx.read_back::<f32>(&buffer, offset, 4)?[0] as f64)
+    }
+
+    /// Records xᵀy (or Σ xᵢ wᵢ yᵢ) into a scratch buffer; returns it and the sum's byte offset, for
+    /// the caller to read back, alone or with other values.
+    pub fn record_dot(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuVector,
+        y: &GpuVector,
+        weights: Option<&GpuVector>,
+    ) -> Result<(wgpu::Buffer, u64)> {
         let n4 = x.n4();
         let groups = vector_groups(n4)?;
         let partial = ctx.storage_buffer(
@@ -128,9 +139,7 @@ impl LinalgKernels {
             (groups as u64 + 1) * 4,
             wgpu::BufferUsages::empty(),
         )?;
-        let params = ctx.uniform(
-            "dot params",
-            &Params {
+        let params = ctx.uniform(&Params {
                 n4,
                 ld4: 0,
                 alpha: 0.0,
@@ -145,15 +154,14 @@ impl LinalgKernels {
             }
             None => &self.dot_partial,
         };
-        let first = kernel::bind_some(ctx, &first_pipeline.get_bind_group_layout(0), "dot", &entries);
+        let first = kernel::bind_some(ctx, &first_pipeline, "dot", &entries);
         let second = kernel::bind_some(
             ctx,
-            &self.dot_final.get_bind_group_layout(0),
+            &self.dot_final,
             "dot final",
             &[(0, &params), (4, &partial)],
         );
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
+        ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(first_pipeline);
             pass.set_bind_group(0, &first, &[]);
@@ -161,10 +169,8 @@ impl LinalgKernels {
             pass.set_pipeline(&self.dot_final);
             pass.set_bind_group(0, &second, &[]);
             pass.dispatch_workgroups(1, 1, 1);
-        }
-        let staging = ctx.copy_to_staging(&mut encoder, &partial, groups as u64 * 4, 4);
-        let index = ctx.queue.submit([encoder.finish()]);
-        Ok(ctx.map_staging::<f32>(&staging, index)?[0] as f64)
+        });
+        Ok((partial, groups as u64 * 4))
     }
 
     /// Records A_ii += d_i (shapes already checked).
@@ -177,19 +183,16 @@ impl LinalgKernels {
     ) -> Result<()> {
         // one invocation per diagonal element
         let groups = vector_groups(d.len as u32)?;
-        let params = ctx.uniform(
-            "add_diagonal params",
-            &Params {
+        let params = ctx.uniform(&Params {
                 n4: d.n4(),
                 ld4: a.ld4(),
                 alpha: 0.0,
                 count: d.len as u32,
             },
         );
-        let layout = self.add_diagonal.get_bind_group_layout(0);
         let group = kernel::bind_some(
             ctx,
-            &layout,
+            &self.add_diagonal,
             "add_diagonal",
             &[(0, &params), (2, &d.buffer), (6, &a.buffer)],
         );
@@ -213,9 +216,7 @@ impl LinalgKernels {
         let n4 = x.n4();
         let groups = vector_groups(n4)?;
         let pipeline = if beta_form { &self.xpby } else { &self.axpy };
-        let params = ctx.uniform(
-            "axpy params",
-            &Params {
+        let params = ctx.uniform(&Params {
                 n4,
                 ld4: 0,
                 alpha: coefficient,
@@ -224,7 +225,7 @@ impl LinalgKernels {
         );
         let group = kernel::bind_some(
             ctx,
-            &pipeline.get_bind_group_layout(0),
+            &pipeline,
             "axpy",
             &[(0, &params), (2, &x.buffer), (3, &y.buffer)],
         );

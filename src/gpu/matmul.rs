@@ -137,30 +137,33 @@ impl MatmulKernel {
             c_split: 0,
             splits: 1,
         };
-        let layout = self.pipeline.get_bind_group_layout(0);
         pass.set_pipeline(&self.pipeline);
         if splits == 1 {
-            let uniform = ctx.uniform("matmul params", &base);
-            let group = kernel::bind(ctx, &layout, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
+            let uniform = ctx.uniform(&base);
+            let group = kernel::bind(ctx, &self.pipeline, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(gx as u32, gy as u32, 1);
             return Ok(());
         }
         let slice = m * n;
-        let scratch = ctx.storage_buffer(
-            "split-k partial products",
-            &format!("{splits}×{m}×{n} f32"),
-            (splits * slice * 4) as u64,
-            wgpu::BufferUsages::empty(),
-        )?;
+        // every slice is written before the reduction reads it: one scratch per size serves all
+        let bytes = (splits * slice * 4) as u64;
+        let scratch = ctx.engine.scratch(bytes, || {
+            ctx.storage_buffer(
+                "split-k partial products",
+                &format!("{splits}×{m}×{n} f32"),
+                bytes,
+                wgpu::BufferUsages::empty(),
+            )
+        })?;
         let partial = Params {
             c_off: 0,
             c_rs: to_u32(n)?,
             c_split: to_u32(slice)?,
             ..base
         };
-        let uniform = ctx.uniform("matmul params", &partial);
-        let group = kernel::bind(ctx, &layout, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
+        let uniform = ctx.uniform(&partial);
+        let group = kernel::bind(ctx, &self.pipeline, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
         pass.set_bind_group(0, &group, &[]);
         pass.dispatch_workgroups(gx as u32, gy as u32, to_u32(splits)?);
         let sum = Params {
@@ -168,11 +171,10 @@ impl MatmulKernel {
             splits: to_u32(splits)?,
             ..base
         };
-        let uniform = ctx.uniform("matmul reduce params", &sum);
-        let layout = self.reduce.get_bind_group_layout(0);
+        let uniform = ctx.uniform(&sum);
         let group = kernel::bind_some(
             ctx,
-            &layout,
+            &self.reduce,
             "matmul reduce",
             &[(0, &uniform), (3, c.buffer), (4, &scratch)],
         );

@@ -114,7 +114,7 @@ impl MlpKernels {
         let n = mlp.check_batch(x, targets)?;
         let batch_buffer = |what, data: &[f32]| -> Result<wgpu::Buffer> {
             let b = f32_buffer(ctx, what, data.len())?;
-            ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(data));
+            ctx.write(&b, 0, bytemuck::cast_slice(data));
             Ok(b)
         };
         let last = mlp.layers().len() - 1;
@@ -160,10 +160,10 @@ impl MlpKernels {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
     ) {
-        let uniform = ctx.uniform("mlp params", params);
+        let uniform = ctx.uniform(params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "mlp", &entries);
+        let group = kernel::bind_some(ctx, &pipeline, "mlp", &entries);
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
@@ -185,7 +185,7 @@ impl MlpKernels {
         batch.factors = None;
         let n = batch.n;
         let last = mlp.layers().len() - 1;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        ctx.record(|encoder| -> Result<()> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for (l, layer) in mlp.layers().iter().enumerate() {
@@ -219,8 +219,8 @@ impl MlpKernels {
                 );
             }
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 
     pub fn outputs(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<Vec<f32>> {
@@ -230,6 +230,14 @@ impl MlpKernels {
     }
 
     pub fn batch_loss(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<BatchLoss> {
+        let (partial, bytes) = self.record_loss(ctx, mlp, batch)?;
+        let sums: Vec<f32> = ctx.read_back(&partial, 0, bytes)?;
+        Ok(Self::loss_of(mlp, batch, &sums))
+    }
+
+    /// Records the loss's per-workgroup sums (NLL, correct) of the last forward pass; returns the
+    /// buffer and its bytes.
+    fn record_loss(&self, ctx: &GpuContext, mlp: &Mlp, batch: &GpuBatch) -> Result<(wgpu::Buffer, u64)> {
         mlp.check_widths(&batch.widths)?;
         let groups = (batch.n as u32).div_ceil(WG);
         let partial = f32_buffer(ctx, "loss partial sums", 2 * groups as usize)?;
@@ -239,16 +247,17 @@ impl MlpKernels {
             width: out as u32,
             ..Self::base_params(mlp)
         };
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
+        ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let last = batch.z.len() - 1;
             let buffers = [(1, &batch.z[last]), (4, &batch.targets), (7, &partial)];
             self.dispatch(ctx, &mut pass, &self.batch_loss, &params, &buffers, (groups, 1));
-        }
-        let staging = ctx.copy_to_staging(&mut encoder, &partial, 0, 8 * groups as u64);
-        let index = ctx.queue.submit([encoder.finish()]);
-        let sums: Vec<f32> = ctx.map_staging(&staging, index)?;
+        });
+        Ok((partial, 8 * groups as u64))
+    }
+
+    /// The batch loss of `record_loss`'s sums, added in f64.
+    fn loss_of(mlp: &Mlp, batch: &GpuBatch, sums: &[f32]) -> BatchLoss {
         let (nll, correct) = sums
             .chunks_exact(2)
             .fold((0.0f64, 0.0f64), |(a, b), s| (a + s[0] as f64, b + s[1] as f64));
@@ -258,10 +267,37 @@ impl MlpKernels {
         } else {
             0.0
         };
-        Ok(BatchLoss {
+        BatchLoss {
             loss: nll / n,
             accuracy,
             examples: batch.n,
+        }
+    }
+
+    /// Loss, ‖g‖² and Σ mθ² recorded together and read back in one wait.
+    pub fn step_scalars(
+        &self,
+        ctx: &GpuContext,
+        linalg: &super::linalg::LinalgKernels,
+        mlp: &Mlp,
+        batch: &GpuBatch,
+        g: &GpuVector,
+        theta: &GpuVector,
+        weight_mask: Option<&GpuVector>,
+    ) -> Result<backend::StepScalars> {
+        let (partial, bytes) = self.record_loss(ctx, mlp, batch)?;
+        let (gg, gg_at) = linalg.record_dot(ctx, g, g, None)?;
+        let mut ranges = vec![(&partial, 0, bytes), (&gg, gg_at, 4)];
+        let weights = weight_mask.map(|w| linalg.record_dot(ctx, theta, theta, Some(w))).transpose()?;
+        if let Some((w, at)) = &weights {
+            ranges.push((w, *at, 4));
+        }
+        let read = ctx.read_back_many(&ranges)?;
+        let scalar = |b: &[u8]| bytemuck::pod_read_unaligned::<f32>(&b[..4]) as f64;
+        Ok(backend::StepScalars {
+            loss: Self::loss_of(mlp, batch, &bytemuck::pod_collect_to_vec::<u8, f32>(&read[0])),
+            grad_sq: scalar(&read[1]),
+            weight_sq: read.get(2).map_or(0.0, |b| scalar(b)),
         })
     }
 
@@ -373,7 +409,7 @@ impl MlpKernels {
         let n = batch.n;
         Self::ensure_deltas(ctx, mlp, batch, n)?;
         let batch = &*batch;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        ctx.record(|encoder| -> Result<()> {
         // g starts as θ: the weight blocks keep wd·W through β = wd below
         encoder.copy_buffer_to_buffer(&theta.buffer, 0, &g.buffer, 0, theta.buffer.size());
         {
@@ -391,8 +427,8 @@ impl MlpKernels {
             )?;
             self.record_backward(ctx, &mut pass, mlp, theta, batch, -1.0 / n as f32, weight_decay, g)?;
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 
     /// Records the backward pass from output seeds already in the last layer's scratch (n rows,
@@ -452,14 +488,12 @@ impl MlpKernels {
         }
         let rows = batch.n * kind.rows_per_example(mlp.likelihood());
         let buffer = f32_buffer(ctx, "output-space Fisher factors", rows * mlp.outputs())?;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
+        ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &buffer)?;
-        }
-        ctx.queue.submit([encoder.finish()]);
+            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &buffer)
+        })?;
         batch.factors = Some((kind, key, buffer));
-        ctx.check_fault()
+        Ok(())
     }
 
     /// `y = scale · Σ_i J_iᵀ H_i J_i v`: a forward-mode pass along v (ż_l = ȧ_{l−1}W_lᵀ +
@@ -478,7 +512,7 @@ impl MlpKernels {
         y: &GpuVector,
     ) -> Result<()> {
         mlp.check_params(y.len)?;
-        let encoder = self.record_output_pass(
+        self.record_output_pass(
             ctx,
             mlp,
             theta,
@@ -491,14 +525,11 @@ impl MlpKernels {
                 // H_i (J_i v) lands in the last layer's scratch: back-propagate it
                 self.record_backward(ctx, pass, mlp, theta, batch, scale, 0.0, y)
             },
-        )?;
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+        )
     }
 
     /// Records the forward-mode pass along v, then `kernel` (seed_product or seed_quad) on the output
-    /// tangents and the batch's output factors into scratch, then `then`; the encoder is left for
-    /// the caller to submit.
+    /// tangents and the batch's output factors into scratch, then `then`.
     #[allow(clippy::too_many_arguments)]
     fn record_output_pass(
         &self,
@@ -511,7 +542,7 @@ impl MlpKernels {
         v: &GpuVector,
         kernel: &wgpu::ComputePipeline,
         then: impl FnOnce(&mut wgpu::ComputePass, &GpuBatch) -> Result<()>,
-    ) -> Result<wgpu::CommandEncoder> {
+    ) -> Result<()> {
         for len in [theta.len, v.len] {
             mlp.check_params(len)?;
         }
@@ -522,8 +553,7 @@ impl MlpKernels {
         Self::ensure_tangents(ctx, mlp, batch)?;
         let batch = &*batch;
         let last = mlp.layers().len() - 1;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
+        ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             self.record_jvp(ctx, &mut pass, mlp, theta, batch, v)?;
             let params = Params {
@@ -535,9 +565,8 @@ impl MlpKernels {
             let factors = batch.factors.as_ref().map(|f| &f.2).unwrap_or(&batch.dummy);
             let buffers = [(5, &batch.delta[last]), (8, &batch.tangent[last]), (9, factors)];
             self.dispatch(ctx, &mut pass, kernel, &params, &buffers, groups_for(n)?);
-            then(&mut pass, batch)?;
-        }
-        Ok(encoder)
+            then(&mut pass, batch)
+        })
     }
 
     /// Records the forward-mode pass along v into the batch's tangents (the last layer's is J v).
@@ -607,13 +636,40 @@ impl MlpKernels {
         key: SampleKey,
         v: &GpuVector,
     ) -> Result<f64> {
-        let mut encoder =
-            self.record_output_pass(ctx, mlp, theta, batch, kind, key, v, &self.seed_quad, |_, _| Ok(()))?;
+        self.damped_fisher_quad(ctx, None, mlp, theta, batch, kind, key, v, None)
+    }
+
+    /// `vᵀFv`, plus `Σ dᵢvᵢ²` with a diagonal (`linalg` records its dot), read back in one wait.
+    #[allow(clippy::too_many_arguments)]
+    pub fn damped_fisher_quad(
+        &self,
+        ctx: &GpuContext,
+        linalg: Option<&super::linalg::LinalgKernels>,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+        diag: Option<&GpuVector>,
+    ) -> Result<f64> {
+        self.record_output_pass(ctx, mlp, theta, batch, kind, key, v, &self.seed_quad, |_, _| Ok(()))?;
         let (n, last) = (batch.n, mlp.layers().len() - 1);
-        let staging = ctx.copy_to_staging(&mut encoder, &batch.delta[last], 0, 4 * n as u64);
-        let index = ctx.queue.submit([encoder.finish()]);
-        let shares: Vec<f32> = ctx.map_staging(&staging, index)?;
-        Ok(shares.iter().map(|&v| v as f64).sum::<f64>() / n as f64)
+        let mut ranges = vec![(&batch.delta[last], 0, 4 * n as u64)];
+        let damping = match (linalg, diag) {
+            (Some(linalg), Some(d)) => Some(linalg.record_dot(ctx, v, v, Some(d))?),
+            _ => None,
+        };
+        if let Some((buffer, at)) = &damping {
+            ranges.push((buffer, *at, 4));
+        }
+        let read = ctx.read_back_many(&ranges)?;
+        let shares: Vec<f32> = bytemuck::pod_collect_to_vec(&read[0]);
+        let fisher = shares.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let diagonal = read
+            .get(1)
+            .map_or(0.0, |b| bytemuck::pod_read_unaligned::<f32>(&b[..4]) as f64);
+        Ok(fisher + diagonal)
     }
 
     /// K-FAC's statistics (see [`MlpOps::kfac_factors`]): `s[l] = (1/n) δᵀδ` over the back-propagated
@@ -640,7 +696,7 @@ impl MlpKernels {
         let scale = 1.0 / n as f32;
         let last = mlp.layers().len() - 1;
         let ones = || broadcast(&batch.ones, 0);
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        ctx.record(|encoder| -> Result<()> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &batch.delta[last])?;
@@ -688,8 +744,8 @@ impl MlpKernels {
                 }
             }
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 
     /// Per layer `Y = S·[X_W | X_b]·A` on the matmul kernel, through a scratch vector for X·A.
@@ -705,7 +761,7 @@ impl MlpKernels {
         mlp.check_params(x.len)?;
         mlp.check_params(y.len)?;
         let tmp = f32_buffer(ctx, "Kronecker product scratch", mlp.num_params())?;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        ctx.record(|encoder| -> Result<()> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for (l, layer) in mlp.layers().iter().enumerate() {
@@ -761,8 +817,8 @@ impl MlpKernels {
                 }
             }
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -789,7 +845,7 @@ impl MlpKernels {
         Self::ensure_deltas(ctx, mlp, batch, count)?;
         let batch = &*batch;
         let per_example = kind.rows_per_example(mlp.likelihood());
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        ctx.record(|encoder| -> Result<()> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let last = mlp.layers().len() - 1;
@@ -836,8 +892,8 @@ impl MlpKernels {
                 }
             }
         }
-        ctx.queue.submit([encoder.finish()]);
-        ctx.check_fault()
+            Ok(())
+        })
     }
 }
 
@@ -916,6 +972,38 @@ impl MlpOps for Gpu {
     ) -> Result<f64> {
         backend::check_fisher_kind(kind)?;
         self.mlp.fisher_quad(&self.ctx, mlp, theta, batch, kind, key, v)
+    }
+
+    fn damped_fisher_quad(
+        &self,
+        mlp: &Mlp,
+        theta: &GpuVector,
+        batch: &mut GpuBatch,
+        kind: FisherKind,
+        key: SampleKey,
+        v: &GpuVector,
+        diag: &GpuVector,
+    ) -> Result<f64> {
+        backend::check_fisher_kind(kind)?;
+        backend::check_same_len(v.len, diag.len)?;
+        self.mlp
+            .damped_fisher_quad(&self.ctx, Some(&self.linalg), mlp, theta, batch, kind, key, v, Some(diag))
+    }
+
+    fn step_scalars(
+        &self,
+        mlp: &Mlp,
+        batch: &GpuBatch,
+        g: &GpuVector,
+        theta: &GpuVector,
+        weight_mask: Option<&GpuVector>,
+    ) -> Result<backend::StepScalars> {
+        backend::check_same_len(g.len, theta.len)?;
+        if let Some(w) = weight_mask {
+            backend::check_same_len(w.len, theta.len)?;
+        }
+        self.mlp
+            .step_scalars(&self.ctx, &self.linalg, mlp, batch, g, theta, weight_mask)
     }
 
     fn kfac_factors(

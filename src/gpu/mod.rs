@@ -7,6 +7,7 @@ pub(crate) mod blas2;
 pub(crate) mod buffer;
 pub(crate) mod cg;
 pub mod context;
+pub(crate) mod engine;
 pub(crate) mod fisher;
 pub(crate) mod kernel;
 pub(crate) mod layout;
@@ -98,11 +99,9 @@ impl Gpu {
         self.fisher.tile()
     }
 
+    /// Records an operation into the open recording (see [`engine`]); nothing is submitted.
     fn submit(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
-        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        record(&mut encoder)?;
-        self.ctx.queue.submit([encoder.finish()]);
-        self.ctx.check_fault()
+        self.ctx.record(record)
     }
 }
 
@@ -147,6 +146,24 @@ impl Buffers for Gpu {
         self.ctx.download_vector(v)
     }
 
+    fn download_matrices(&self, ms: &[&GpuMatrix]) -> Result<Vec<Vec<f32>>> {
+        let ranges: Vec<_> = ms.iter().map(|m| (&m.buffer, 0, (m.rows * m.ld() * 4) as u64)).collect();
+        let bytes = self.ctx.read_back_many(&ranges)?;
+        Ok(ms
+            .iter()
+            .zip(bytes)
+            .map(|(m, b)| buffer::unpad(m, bytemuck::pod_collect_to_vec(&b)))
+            .collect())
+    }
+
+    fn sync_counts(&self) -> Option<backend::SyncCounts> {
+        let c = self.ctx.counts();
+        Some(backend::SyncCounts {
+            submissions: c.submissions,
+            host_syncs: c.host_syncs,
+        })
+    }
+
     fn shape(&self, m: &GpuMatrix) -> (usize, usize) {
         (m.rows, m.cols)
     }
@@ -176,8 +193,7 @@ impl Buffers for Gpu {
     }
 
     fn synchronize(&self) -> Result<()> {
-        let index = self.ctx.queue.submit([]);
-        self.ctx.wait(index)
+        self.ctx.finish()
     }
 
     fn time_device(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {

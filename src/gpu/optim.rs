@@ -47,10 +47,10 @@ impl OptimKernels {
         buffers: &[(u32, &wgpu::Buffer)],
     ) -> Result<()> {
         let groups = vector_groups(params.n4)?;
-        let uniform = ctx.uniform("optim params", &params);
+        let uniform = ctx.uniform(&params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline.get_bind_group_layout(0), "optim", &entries);
+        let group = kernel::bind_some(ctx, &pipeline, "optim", &entries);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &group, &[]);

@@ -25,15 +25,16 @@ pub fn time(ctx: &GpuContext, work: &mut dyn FnMut() -> Result<()>) -> Result<Op
         usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encoder.write_timestamp(&set, 0);
-    ctx.queue.submit([encoder.finish()]);
+    // what was recorded before is not part of the work timed
+    ctx.flush()?;
+    ctx.record(|e| e.write_timestamp(&set, 0));
     work()?;
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encoder.write_timestamp(&set, 1);
-    encoder.resolve_query_set(&set, 0..2, &resolved, 0);
-    let staging = ctx.copy_to_staging(&mut encoder, &resolved, 0, 16);
-    let index = ctx.queue.submit([encoder.finish()]);
+    let staging = ctx.record(|e| {
+        e.write_timestamp(&set, 1);
+        e.resolve_query_set(&set, 0..2, &resolved, 0);
+        ctx.copy_to_staging(e, &resolved, 0, 16)
+    });
+    let index = ctx.flush()?;
     let ticks: Vec<u64> = ctx.map_staging(&staging, index)?;
     let elapsed = ticks[1]
         .checked_sub(ticks[0])

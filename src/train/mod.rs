@@ -9,7 +9,7 @@ mod run;
 mod summary;
 
 pub use run::{Event, Every, Prepared, RunConfig, default_out, prepare, request_stop, resume_config, run};
-pub use summary::{Summary, Validation, config_json};
+pub use summary::{DeviceProfile, Summary, Validation, config_json};
 
 use crate::backend::Backend;
 use crate::curvature::{CurvatureKind, Limits, Shape, plan};
@@ -173,7 +173,18 @@ impl<'b, B: Backend> Trainer<'b, B> {
         let step = self.steps + 1;
         let mut batch = b.upload_batch(&self.mlp, x, y)?;
         b.forward(&self.mlp, &self.theta, &mut batch)?;
-        let loss = b.batch_loss(&self.mlp, &batch)?;
+        b.gradient(
+            &self.mlp,
+            &self.theta,
+            &mut batch,
+            self.config.weight_decay,
+            &mut self.g,
+        )?;
+        // the loss, ‖g‖² and ‖W‖² read back together: the step's first wait on the device
+        let decay = self.config.weight_decay;
+        let weights = (decay > 0.0).then_some(&self.weight_mask);
+        let scalars = b.step_scalars(&self.mlp, &batch, &self.g, &self.theta, weights)?;
+        let loss = scalars.loss;
         if !loss.loss.is_finite() {
             return Err(Error::Diverged {
                 what: "loss",
@@ -182,16 +193,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 kept: None,
             });
         }
-        let objective = loss.loss + self.decay_term()?;
+        let objective = loss.loss + 0.5 * decay as f64 * scalars.weight_sq;
         b.copy(&self.theta, &mut self.last_good)?;
-        b.gradient(
-            &self.mlp,
-            &self.theta,
-            &mut batch,
-            self.config.weight_decay,
-            &mut self.g,
-        )?;
-        let grad_norm = (b.dot(&self.g, &self.g)?).sqrt();
+        let grad_norm = scalars.grad_sq.sqrt();
         if !grad_norm.is_finite() {
             return Err(Error::Diverged {
                 what: "gradient norm",

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::dir::{Claim, RunDir};
-use super::summary::{Summary, Validation, config_json};
+use super::summary::{DeviceProfile, Summary, Validation, config_json};
 use super::{Trainer, examples_per_step};
-use crate::backend::Backend;
+use crate::backend::{Backend, SyncCounts};
 use crate::backend::profiled::{PHASES, Phases, Profiled};
 use crate::data::{self, Dataset, Standardizer, TaskChoice};
 use crate::error::{Error, Result};
@@ -313,6 +313,8 @@ fn run_on<B: Backend>(
     };
     on_event(Event::Start { total_steps });
     let mut spent = Phases::default();
+    // submissions and waits of the steps this process took, the most waits of one, and the steps
+    let mut device_counts: Option<(SyncCounts, u64, usize)> = None;
     let mut saved_at = (trainer.steps(), Instant::now());
     while trainer.steps() < total_steps {
         let epoch = progress.epoch;
@@ -325,6 +327,7 @@ fn run_on<B: Backend>(
             }
             let (x, y) = prepared.train.gather(&indices);
             let before = phases.map(|p| p());
+            let counts_before = b.sync_counts();
             let started = Instant::now();
             let stats = match trainer.step(&x, &y) {
                 Ok(stats) => stats,
@@ -343,6 +346,14 @@ fn run_on<B: Backend>(
             };
             progress.wall_s += started.elapsed().as_secs_f64();
             progress.position += 1;
+            if let (Some(before), Some(now)) = (counts_before, b.sync_counts()) {
+                let step = now.since(before);
+                let (total, most, taken) = device_counts.get_or_insert_default();
+                total.submissions += step.submissions;
+                total.host_syncs += step.host_syncs;
+                *most = (*most).max(step.host_syncs);
+                *taken += 1;
+            }
             if let (Some(p), Some(before)) = (phases, before) {
                 let now = p();
                 (0..PHASES.len()).for_each(|k| spent.0[k] += now.0[k] - before.0[k]);
@@ -383,6 +394,7 @@ fn run_on<B: Backend>(
                     &row,
                     &progress,
                     phases.map(|_| &spent),
+                    device_counts,
                     true,
                 );
                 crate::io::metrics::write_summary(out, &summary)?;
@@ -427,6 +439,7 @@ fn run_on<B: Backend>(
         &last,
         &progress,
         phases.map(|_| &spent),
+        device_counts,
         false,
     );
     crate::io::metrics::write_summary(out, &summary)?;
@@ -444,6 +457,7 @@ fn summarize<B: Backend>(
     last: &EpochRow,
     progress: &Progress,
     spent: Option<&Phases>,
+    device_counts: Option<(SyncCounts, u64, usize)>,
     interrupted: bool,
 ) -> Summary {
     let steps = trainer.steps();
@@ -468,6 +482,14 @@ fn summarize<B: Backend>(
                 .zip(spent.0)
                 .map(|(name, s)| (name.to_string(), 1e3 * s / steps.max(1) as f64))
                 .collect()
+        }),
+        profile: device_counts.map(|(total, most, taken)| {
+            let taken = taken.max(1) as f64;
+            DeviceProfile {
+                submissions_per_step: total.submissions as f64 / taken,
+                host_syncs_per_step: total.host_syncs as f64 / taken,
+                max_host_syncs_per_step: most,
+            }
         }),
     }
 }

@@ -33,6 +33,19 @@ pub struct Summary {
     /// With `--profile`: mean milliseconds per step by phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_ms_per_step: Option<BTreeMap<String, f64>>,
+    /// On a GPU: submissions and host waits per step (the steps only, not the evaluations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<DeviceProfile>,
+}
+
+/// How often a step handed work to the device and waited for it, per step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DeviceProfile {
+    pub submissions_per_step: f64,
+    /// Waits of the host on the device: read-backs of the step's scalars and reports.
+    pub host_syncs_per_step: f64,
+    /// The most waits any one step made.
+    pub max_host_syncs_per_step: u64,
 }
 
 /// The validation set's final figures.
