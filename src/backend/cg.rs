@@ -2,7 +2,21 @@
 //! solve, its report, and the stopping and breakdown rules (the GPU's fused kernel takes the
 //! breakdown ratio as a shader constant).
 
+use super::BlasOps;
 use crate::error::{Error, Result};
+
+/// A symmetric positive (semi-)definite linear map on the device.
+pub trait Operator<B: BlasOps> {
+    /// `y = A x`. On a GPU inside [`super::CgOps::pcg`] this must record work, never read back.
+    fn apply(&mut self, b: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()>;
+}
+
+/// An approximation M of the operator whose inverse is cheap: CG on `M⁻¹A` converges in fewer
+/// iterations the closer M is to A.
+pub trait Preconditioner<B: BlasOps> {
+    /// `z = M⁻¹ r`.
+    fn apply_inverse(&mut self, b: &B, r: &B::Vector, z: &mut B::Vector) -> Result<()>;
+}
 
 /// A search direction whose Rayleigh quotient `sᵀAs / sᵀs` falls below this fraction of the
 /// largest one seen has met a numerically singular direction of `A = F + λI`: in f32 the quotient

@@ -21,7 +21,7 @@ mod check;
 pub mod optim;
 pub mod profiled;
 
-pub use cg::{CgOutcome, CgParams, CgReport};
+pub use cg::{CgOutcome, CgParams, CgReport, Operator, Preconditioner};
 pub use check::*;
 pub use optim::AdamStep;
 
@@ -228,6 +228,23 @@ pub trait CgOps: BlasOps {
         d: &mut Self::Vector,
         params: &CgParams,
     ) -> Result<CgReport>;
+
+    /// Solves `A d = g` by conjugate gradient over any operator, preconditioned by `m` when
+    /// given, from the `d` passed in, stopping also when the quadratic model stops improving by
+    /// `progress` (see [`crate::solve::cg_with_progress`], which the CPU runs as it is). A GPU runs
+    /// the same loop recorded, with its scalars on the device: one read-back per solve.
+    #[allow(clippy::too_many_arguments)]
+    fn pcg(
+        &self,
+        op: &mut dyn Operator<Self>,
+        m: Option<&mut dyn Preconditioner<Self>>,
+        g: &Self::Vector,
+        d: &mut Self::Vector,
+        params: &CgParams,
+        progress: f64,
+    ) -> Result<CgReport>
+    where
+        Self: Sized;
 }
 
 /// An MLP on the device: batches, the forward pass, loss, gradient and score rows.

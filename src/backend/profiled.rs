@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use crate::backend::AdamStep;
-use crate::backend::cg::{CgParams, CgReport};
+use crate::backend::cg::{CgParams, CgReport, Operator, Preconditioner};
 use crate::backend::{
     Backend, BatchLoss, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps, StepScalars, SyncCounts,
 };
@@ -216,6 +216,19 @@ impl<B: Backend> FisherOps for Profiled<'_, B> {
 }
 
 impl<B: Backend> CgOps for Profiled<'_, B> {
+    /// The host loop over the profiled operations, each timed in its phase.
+    fn pcg(
+        &self,
+        op: &mut dyn Operator<Self>,
+        m: Option<&mut dyn Preconditioner<Self>>,
+        g: &Self::Vector,
+        d: &mut Self::Vector,
+        params: &CgParams,
+        progress: f64,
+    ) -> Result<CgReport> {
+        crate::solve::cg_with_progress(self, op, m, g, d, params, progress)
+    }
+
     fn cg_solve(
         &self,
         a: &B::Matrix,

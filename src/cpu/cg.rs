@@ -3,12 +3,24 @@
 //! keep 32 f32 lanes and sum them in f64.
 
 use super::{Cpu, CpuMatrix};
-use crate::backend::cg::{CgParams, CgReport};
+use crate::backend::cg::{CgParams, CgReport, Operator, Preconditioner};
 use crate::backend::{self, CgOps};
 use crate::error::Result;
 use crate::solve::{self, operator::Damped};
 
 impl CgOps for Cpu {
+    fn pcg(
+        &self,
+        op: &mut dyn Operator<Self>,
+        m: Option<&mut dyn Preconditioner<Self>>,
+        g: &Self::Vector,
+        d: &mut Self::Vector,
+        params: &CgParams,
+        progress: f64,
+    ) -> Result<CgReport> {
+        crate::solve::cg_with_progress(self, op, m, g, d, params, progress)
+    }
+
     fn cg_solve(
         &self,
         a: &CpuMatrix,

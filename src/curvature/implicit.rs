@@ -11,7 +11,7 @@ use crate::backend::{Backend, CgParams, CgReport};
 use crate::error::Result;
 use crate::model::Mlp;
 use crate::snapshot::Snapshot;
-use crate::solve::{self, Operator, Preconditioner};
+use crate::solve::{Operator, Preconditioner};
 
 pub struct Implicit;
 
@@ -76,9 +76,9 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
                     factors,
                     mlp: op.at.mlp,
                 };
-                solve::cg_with_progress(b, &mut op, Some(&mut m), g, d, cg, self.progress)
+                b.pcg(&mut op, Some(&mut m), g, d, cg, self.progress)
             }
-            None => solve::cg_with_progress(b, &mut op, None, g, d, cg, self.progress),
+            None => b.pcg(&mut op, None, g, d, cg, self.progress),
         }
     }
 

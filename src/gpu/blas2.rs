@@ -79,14 +79,14 @@ impl Blas2Kernels {
         let uniform = ctx.uniform(&params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline, "blas2", &entries);
+        let group = kernel::bind_some(ctx, pipeline, "blas2", &entries);
         ctx.record(|encoder| -> Result<()> {
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
-        }
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                ctx.dispatch(&mut pass, (groups.0, groups.1, 1))?;
+            }
             Ok(())
         })
     }
@@ -219,19 +219,19 @@ impl Blas2Kernels {
         col0: usize,
     ) -> Result<()> {
         ctx.record(|encoder| -> Result<()> {
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.matmul.record(
-                ctx,
-                &mut pass,
-                (a.rows, b.rows, a.cols),
-                View::rows(&a.buffer, 0, a.ld()),
-                View::transposed(&b.buffer, 0, b.ld()),
-                View::rows(&k.buffer, row0 * k.ld() + col0, k.ld()),
-                1.0,
-                0.0,
-            )?;
-        }
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.matmul.record(
+                    ctx,
+                    &mut pass,
+                    (a.rows, b.rows, a.cols),
+                    View::rows(&a.buffer, 0, a.ld()),
+                    View::transposed(&b.buffer, 0, b.ld()),
+                    View::rows(&k.buffer, row0 * k.ld() + col0, k.ld()),
+                    1.0,
+                    0.0,
+                )?;
+            }
             Ok(())
         })
     }

@@ -12,7 +12,7 @@ use super::layout::shader_struct;
 use super::linalg::{self, LinalgKernels};
 use super::shader::Variant;
 use super::sizes::CG_RUNNING;
-use crate::backend::cg::{CgOutcome, CgParams, CgReport};
+use crate::backend::cg::{CgOutcome, CgParams, CgReport, Operator, Preconditioner};
 use crate::backend::{self, CgOps};
 use crate::error::{Error, Result};
 
@@ -151,19 +151,17 @@ impl CgKernels {
             small("CG dispatch sizes 1", ARGS_BYTES, wgpu::BufferUsages::INDIRECT)?,
         ];
         let cg_params = ctx.uniform(&Params {
-                n4,
-                tol2: params.rel_tol * params.rel_tol,
-                max_iters: params.max_iters as u32,
-                vec_groups,
-            },
-        );
+            n4,
+            tol2: params.rel_tol * params.rel_tol,
+            max_iters: params.max_iters as u32,
+            vec_groups,
+        });
         let mv_params = ctx.uniform(&linalg::Params {
-                n4,
-                ld4: a.ld4(),
-                alpha: damping,
-                count: 0,
-            },
-        );
+            n4,
+            ld4: a.ld4(),
+            alpha: damping,
+            count: 0,
+        });
         let mv_s = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &s, &q, &partial);
         let mv_d = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &d.buffer, &q, &partial);
         // parity k: iteration k reads states[k], writes states[k ^ 1] and the next sizes args[k ^ 1]
@@ -265,5 +263,19 @@ impl CgOps for Gpu {
         params.validate(damping)?;
         backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
         self.cg.solve(&self.ctx, a, damping, g, d, params)
+    }
+
+    fn pcg(
+        &self,
+        op: &mut dyn Operator<Self>,
+        m: Option<&mut dyn Preconditioner<Self>>,
+        g: &GpuVector,
+        d: &mut GpuVector,
+        params: &CgParams,
+        progress: f64,
+    ) -> Result<CgReport> {
+        params.validate(0.0)?;
+        backend::check_same_len(g.len, d.len)?;
+        self.pcg.solve(self, op, m, g, d, params, progress)
     }
 }

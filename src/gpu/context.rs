@@ -190,9 +190,19 @@ impl GpuContext {
 
     /// Submits everything recorded so far, then reports any fault seen so far.
     pub fn flush(&self) -> Result<wgpu::SubmissionIndex> {
+        if self.engine.gated() {
+            return Err(Error::Gpu(
+                "a read-back inside a recorded solve: its operator must record work, not wait for it".into(),
+            ));
+        }
         let index = self.engine.flush(&self.device, &self.queue);
         self.check_fault()?;
         Ok(index)
+    }
+
+    /// Records a dispatch of `groups` workgroups, gated when a recorded solve is open.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass, groups: (u32, u32, u32)) -> Result<()> {
+        self.engine.dispatch(pass, groups)
     }
 
     /// Submissions and host waits since the device was opened.

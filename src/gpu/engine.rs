@@ -66,9 +66,27 @@ pub struct Engine {
     groups: Mutex<HashMap<GroupKey, wgpu::BindGroup>>,
     scratch: Mutex<HashMap<u64, wgpu::Buffer>>,
     pool: Pool,
+    gate: Mutex<Option<Gate>>,
     submissions: AtomicU64,
     host_syncs: AtomicU64,
 }
+
+/// Dispatches recorded inside a loop whose iterations the device may stop (see
+/// [`Engine::open_gate`]): each one reads its size from `args`, which a kernel at the top of each
+/// iteration fills with the recorded sizes while the loop runs and with zeros once it has stopped.
+struct Gate {
+    args: wgpu::Buffer,
+    /// slots `args` has room for
+    capacity: usize,
+    /// the sizes of the first iteration's dispatches, in order; later iterations must repeat them
+    recorded: Vec<[u32; 3]>,
+    /// the next dispatch's slot in this iteration
+    cursor: usize,
+    first: bool,
+}
+
+/// Bytes of one indirect dispatch's sizes.
+pub const GATE_SLOT_BYTES: u64 = 12;
 
 /// A poisoned lock only means another thread panicked mid-record; the maps stay usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,7 +149,9 @@ impl Engine {
             contents: data,
             usage: wgpu::BufferUsages::COPY_SRC,
         });
-        self.record(device, |e| e.copy_buffer_to_buffer(&staging, 0, buffer, offset, data.len() as u64));
+        self.record(device, |e| {
+            e.copy_buffer_to_buffer(&staging, 0, buffer, offset, data.len() as u64)
+        });
     }
 
     /// A uniform buffer holding `bytes`, made once per distinct content.
@@ -202,7 +222,11 @@ impl Engine {
 
     /// A scratch buffer of `bytes` (storage), one per size: dispatches that use it in turn are
     /// ordered by the pass, so one buffer serves every product of that size.
-    pub fn scratch(&self, bytes: u64, make: impl FnOnce() -> crate::error::Result<wgpu::Buffer>) -> crate::error::Result<wgpu::Buffer> {
+    pub fn scratch(
+        &self,
+        bytes: u64,
+        make: impl FnOnce() -> crate::error::Result<wgpu::Buffer>,
+    ) -> crate::error::Result<wgpu::Buffer> {
         let mut cache = lock(&self.scratch);
         if let Some(b) = cache.get(&bytes) {
             return Ok(b.clone());
@@ -213,6 +237,64 @@ impl Engine {
         let buffer = make()?;
         cache.insert(bytes, buffer.clone());
         Ok(buffer)
+    }
+
+    /// Records a dispatch of `(x, y, z)` workgroups: direct, or inside an open gate indirect
+    /// through the gate's next slot.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass, (x, y, z): (u32, u32, u32)) -> crate::error::Result<()> {
+        let mut gate = lock(&self.gate);
+        let Some(g) = gate.as_mut() else {
+            pass.dispatch_workgroups(x, y, z);
+            return Ok(());
+        };
+        let slot = g.cursor;
+        g.cursor += 1;
+        if g.first {
+            if slot >= g.capacity {
+                return Err(crate::error::Error::Gpu(format!(
+                    "a recorded solve's iteration has more than {} dispatches",
+                    g.capacity
+                )));
+            }
+            g.recorded.push([x, y, z]);
+        } else if g.recorded.get(slot) != Some(&[x, y, z]) {
+            return Err(crate::error::Error::Gpu(
+                "a recorded solve's iterations differ in their dispatches: the operator must record the same work each time".into(),
+            ));
+        }
+        pass.dispatch_workgroups_indirect(&g.args, slot as u64 * GATE_SLOT_BYTES);
+        Ok(())
+    }
+
+    /// Starts gating: the dispatches recorded until [`Engine::close_gate`] take their sizes from
+    /// `args` (INDIRECT | STORAGE, `capacity` slots).
+    pub fn open_gate(&self, args: wgpu::Buffer, capacity: usize) {
+        *lock(&self.gate) = Some(Gate {
+            args,
+            capacity,
+            recorded: Vec::new(),
+            cursor: 0,
+            first: true,
+        });
+    }
+
+    /// Starts the next iteration of the gated loop.
+    pub fn next_iteration(&self) {
+        if let Some(g) = lock(&self.gate).as_mut() {
+            g.first = g.first && g.cursor == 0;
+            g.cursor = 0;
+        }
+    }
+
+    /// Whether a gate is open: nothing may be submitted then, since the gate's recorded sizes
+    /// reach the device only with [`Engine::close_gate`].
+    pub fn gated(&self) -> bool {
+        lock(&self.gate).is_some()
+    }
+
+    /// Ends gating; returns the sizes every iteration recorded, in slot order.
+    pub fn close_gate(&self) -> Vec<[u32; 3]> {
+        lock(&self.gate).take().map(|g| g.recorded).unwrap_or_default()
     }
 
     /// The pool batches return their buffers to.

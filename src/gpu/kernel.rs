@@ -74,5 +74,6 @@ pub fn bind_layout(
     buffers: &[&wgpu::Buffer],
 ) -> wgpu::BindGroup {
     let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
-    ctx.engine.bind_group(&ctx.device, pipeline, Some(layout), label, &numbered)
+    ctx.engine
+        .bind_group(&ctx.device, pipeline, Some(layout), label, &numbered)
 }

@@ -49,10 +49,12 @@ pub(crate) use shader_struct;
 /// Every twin: a struct a shader declares for its bindings must be here.
 #[cfg(test)]
 pub fn twins() -> Vec<StructLayout> {
-    use super::{blas2, cg, fisher, linalg, matmul, mlp, optim};
+    use super::{blas2, cg, fisher, linalg, matmul, mlp, optim, pcg};
     vec![
         blas2::Params::layout(),
         cg::Params::layout(),
+        pcg::Params::layout(),
+        pcg::State::layout(),
         cg::State::layout(),
         fisher::Params::layout(),
         linalg::Params::layout(),

@@ -75,12 +75,7 @@ impl LinalgKernels {
         y: &wgpu::Buffer,
         partials: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        kernel::bind(
-            ctx,
-            &pipeline,
-            "matvec",
-            &[params, &a.buffer, x, y, partials],
-        )
+        kernel::bind(ctx, pipeline, "matvec", &[params, &a.buffer, x, y, partials])
     }
 
     /// Records y = (A + λI) x (shapes already checked).
@@ -95,12 +90,11 @@ impl LinalgKernels {
     ) -> Result<()> {
         let n4 = x.n4();
         let params = ctx.uniform(&Params {
-                n4,
-                ld4: a.ld4(),
-                alpha: damping,
-                count: 0,
-            },
-        );
+            n4,
+            ld4: a.ld4(),
+            alpha: damping,
+            count: 0,
+        });
         let partials = ctx.storage_buffer(
             "matvec partial sums",
             "scratch",
@@ -112,7 +106,7 @@ impl LinalgKernels {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&self.matvec);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        ctx.dispatch(&mut pass, (gx, gy, 1))?;
         Ok(())
     }
 
@@ -140,12 +134,11 @@ impl LinalgKernels {
             wgpu::BufferUsages::empty(),
         )?;
         let params = ctx.uniform(&Params {
-                n4,
-                ld4: 0,
-                alpha: 0.0,
-                count: groups,
-            },
-        );
+            n4,
+            ld4: 0,
+            alpha: 0.0,
+            count: groups,
+        });
         let mut entries = vec![(0, &params), (2, &x.buffer), (5, &y.buffer), (4, &partial)];
         let first_pipeline = match weights {
             Some(w) => {
@@ -154,13 +147,8 @@ impl LinalgKernels {
             }
             None => &self.dot_partial,
         };
-        let first = kernel::bind_some(ctx, &first_pipeline, "dot", &entries);
-        let second = kernel::bind_some(
-            ctx,
-            &self.dot_final,
-            "dot final",
-            &[(0, &params), (4, &partial)],
-        );
+        let first = kernel::bind_some(ctx, first_pipeline, "dot", &entries);
+        let second = kernel::bind_some(ctx, &self.dot_final, "dot final", &[(0, &params), (4, &partial)]);
         ctx.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(first_pipeline);
@@ -184,12 +172,11 @@ impl LinalgKernels {
         // one invocation per diagonal element
         let groups = vector_groups(d.len as u32)?;
         let params = ctx.uniform(&Params {
-                n4: d.n4(),
-                ld4: a.ld4(),
-                alpha: 0.0,
-                count: d.len as u32,
-            },
-        );
+            n4: d.n4(),
+            ld4: a.ld4(),
+            alpha: 0.0,
+            count: d.len as u32,
+        });
         let group = kernel::bind_some(
             ctx,
             &self.add_diagonal,
@@ -199,7 +186,7 @@ impl LinalgKernels {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&self.add_diagonal);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
+        ctx.dispatch(&mut pass, (groups, 1, 1))?;
         Ok(())
     }
 
@@ -217,22 +204,16 @@ impl LinalgKernels {
         let groups = vector_groups(n4)?;
         let pipeline = if beta_form { &self.xpby } else { &self.axpy };
         let params = ctx.uniform(&Params {
-                n4,
-                ld4: 0,
-                alpha: coefficient,
-                count: 0,
-            },
-        );
-        let group = kernel::bind_some(
-            ctx,
-            &pipeline,
-            "axpy",
-            &[(0, &params), (2, &x.buffer), (3, &y.buffer)],
-        );
+            n4,
+            ld4: 0,
+            alpha: coefficient,
+            count: 0,
+        });
+        let group = kernel::bind_some(ctx, pipeline, "axpy", &[(0, &params), (2, &x.buffer), (3, &y.buffer)]);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
+        ctx.dispatch(&mut pass, (groups, 1, 1))?;
         Ok(())
     }
 }

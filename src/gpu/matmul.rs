@@ -142,7 +142,7 @@ impl MatmulKernel {
             let uniform = ctx.uniform(&base);
             let group = kernel::bind(ctx, &self.pipeline, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
             pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+            ctx.dispatch(pass, (gx as u32, gy as u32, 1))?;
             return Ok(());
         }
         let slice = m * n;
@@ -165,7 +165,7 @@ impl MatmulKernel {
         let uniform = ctx.uniform(&partial);
         let group = kernel::bind(ctx, &self.pipeline, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(gx as u32, gy as u32, to_u32(splits)?);
+        ctx.dispatch(pass, (gx as u32, gy as u32, to_u32(splits)?))?;
         let sum = Params {
             c_split: to_u32(slice)?,
             splits: to_u32(splits)?,
@@ -181,7 +181,7 @@ impl MatmulKernel {
         let (rx, ry) = kernel::grid(to_u32(slice.div_ceil(256))?);
         pass.set_pipeline(&self.reduce);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(rx, ry, 1);
+        ctx.dispatch(pass, (rx, ry, 1))?;
         Ok(())
     }
 }

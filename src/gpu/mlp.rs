@@ -159,14 +159,14 @@ impl MlpKernels {
         params: &Params,
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
-    ) {
+    ) -> Result<()> {
         let uniform = ctx.uniform(params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline, "mlp", &entries);
+        let group = kernel::bind_some(ctx, pipeline, "mlp", &entries);
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        ctx.dispatch(pass, (groups.0, groups.1, 1))
     }
 
     fn base_params(mlp: &Mlp) -> Params {
@@ -186,39 +186,39 @@ impl MlpKernels {
         let n = batch.n;
         let last = mlp.layers().len() - 1;
         ctx.record(|encoder| -> Result<()> {
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for (l, layer) in mlp.layers().iter().enumerate() {
-                // z = input · Wᵀ, then + b and σ
-                self.matmul.record(
-                    ctx,
-                    &mut pass,
-                    (n, layer.fan_out, layer.fan_in),
-                    View::rows(Self::layer_input(batch, l), 0, layer.fan_in),
-                    View::transposed(&theta.buffer, layer.weight, layer.fan_in),
-                    View::rows(&batch.z[l], 0, layer.fan_out),
-                    1.0,
-                    0.0,
-                )?;
-                let params = Params {
-                    rows: n as u32,
-                    width: layer.fan_out as u32,
-                    offset: layer.bias as u32,
-                    apply: (l < last) as u32,
-                    ..Self::base_params(mlp)
-                };
-                let act = if l < last { &batch.act[l] } else { &batch.dummy };
-                let buffers = [(1, &batch.z[l]), (2, act), (3, &theta.buffer)];
-                self.dispatch(
-                    ctx,
-                    &mut pass,
-                    &self.bias_act,
-                    &params,
-                    &buffers,
-                    groups_for(n * layer.fan_out)?,
-                );
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for (l, layer) in mlp.layers().iter().enumerate() {
+                    // z = input · Wᵀ, then + b and σ
+                    self.matmul.record(
+                        ctx,
+                        &mut pass,
+                        (n, layer.fan_out, layer.fan_in),
+                        View::rows(Self::layer_input(batch, l), 0, layer.fan_in),
+                        View::transposed(&theta.buffer, layer.weight, layer.fan_in),
+                        View::rows(&batch.z[l], 0, layer.fan_out),
+                        1.0,
+                        0.0,
+                    )?;
+                    let params = Params {
+                        rows: n as u32,
+                        width: layer.fan_out as u32,
+                        offset: layer.bias as u32,
+                        apply: (l < last) as u32,
+                        ..Self::base_params(mlp)
+                    };
+                    let act = if l < last { &batch.act[l] } else { &batch.dummy };
+                    let buffers = [(1, &batch.z[l]), (2, act), (3, &theta.buffer)];
+                    self.dispatch(
+                        ctx,
+                        &mut pass,
+                        &self.bias_act,
+                        &params,
+                        &buffers,
+                        groups_for(n * layer.fan_out)?,
+                    )?;
+                }
             }
-        }
             Ok(())
         })
     }
@@ -251,8 +251,8 @@ impl MlpKernels {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let last = batch.z.len() - 1;
             let buffers = [(1, &batch.z[last]), (4, &batch.targets), (7, &partial)];
-            self.dispatch(ctx, &mut pass, &self.batch_loss, &params, &buffers, (groups, 1));
-        });
+            self.dispatch(ctx, &mut pass, &self.batch_loss, &params, &buffers, (groups, 1))
+        })?;
         Ok((partial, 8 * groups as u64))
     }
 
@@ -288,7 +288,9 @@ impl MlpKernels {
         let (partial, bytes) = self.record_loss(ctx, mlp, batch)?;
         let (gg, gg_at) = linalg.record_dot(ctx, g, g, None)?;
         let mut ranges = vec![(&partial, 0, bytes), (&gg, gg_at, 4)];
-        let weights = weight_mask.map(|w| linalg.record_dot(ctx, theta, theta, Some(w))).transpose()?;
+        let weights = weight_mask
+            .map(|w| linalg.record_dot(ctx, theta, theta, Some(w)))
+            .transpose()?;
         if let Some((w, at)) = &weights {
             ranges.push((w, *at, 4));
         }
@@ -346,7 +348,7 @@ impl MlpKernels {
             ..Self::base_params(mlp)
         };
         let buffers = [(1, &batch.z[last]), (4, &batch.targets), (5, out)];
-        self.dispatch(ctx, pass, &self.output_seeds, &params, &buffers, groups_for(rows)?);
+        self.dispatch(ctx, pass, &self.output_seeds, &params, &buffers, groups_for(rows)?)?;
         Ok(())
     }
 
@@ -390,7 +392,7 @@ impl MlpKernels {
             &params,
             &buffers,
             groups_for(rows * layer.fan_in)?,
-        );
+        )?;
         Ok(())
     }
 
@@ -410,23 +412,23 @@ impl MlpKernels {
         Self::ensure_deltas(ctx, mlp, batch, n)?;
         let batch = &*batch;
         ctx.record(|encoder| -> Result<()> {
-        // g starts as θ: the weight blocks keep wd·W through β = wd below
-        encoder.copy_buffer_to_buffer(&theta.buffer, 0, &g.buffer, 0, theta.buffer.size());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_seeds(
-                ctx,
-                &mut pass,
-                mlp,
-                batch,
-                FisherKind::Empirical,
-                SampleKey::default(),
-                0,
-                n,
-                &batch.delta[mlp.layers().len() - 1],
-            )?;
-            self.record_backward(ctx, &mut pass, mlp, theta, batch, -1.0 / n as f32, weight_decay, g)?;
-        }
+            // g starts as θ: the weight blocks keep wd·W through β = wd below
+            encoder.copy_buffer_to_buffer(&theta.buffer, 0, &g.buffer, 0, theta.buffer.size());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.record_seeds(
+                    ctx,
+                    &mut pass,
+                    mlp,
+                    batch,
+                    FisherKind::Empirical,
+                    SampleKey::default(),
+                    0,
+                    n,
+                    &batch.delta[mlp.layers().len() - 1],
+                )?;
+                self.record_backward(ctx, &mut pass, mlp, theta, batch, -1.0 / n as f32, weight_decay, g)?;
+            }
             Ok(())
         })
     }
@@ -564,7 +566,7 @@ impl MlpKernels {
             };
             let factors = batch.factors.as_ref().map(|f| &f.2).unwrap_or(&batch.dummy);
             let buffers = [(5, &batch.delta[last]), (8, &batch.tangent[last]), (9, factors)];
-            self.dispatch(ctx, &mut pass, kernel, &params, &buffers, groups_for(n)?);
+            self.dispatch(ctx, &mut pass, kernel, &params, &buffers, groups_for(n)?)?;
             then(&mut pass, batch)
         })
     }
@@ -602,10 +604,10 @@ impl MlpKernels {
             };
             // + v_b: bias_act without the activation, v bound as θ
             let buffers = [(1, &batch.tangent[l]), (2, &batch.dummy), (3, &v.buffer)];
-            self.dispatch(ctx, pass, &self.bias_act, &params, &buffers, groups);
+            self.dispatch(ctx, pass, &self.bias_act, &params, &buffers, groups)?;
             if l < last {
                 let buffers = [(1, &batch.z[l]), (5, &batch.tangent[l])];
-                self.dispatch(ctx, pass, &self.act_grad_mul, &params, &buffers, groups);
+                self.dispatch(ctx, pass, &self.act_grad_mul, &params, &buffers, groups)?;
             }
         }
         Ok(())
@@ -697,53 +699,53 @@ impl MlpKernels {
         let last = mlp.layers().len() - 1;
         let ones = || broadcast(&batch.ones, 0);
         ctx.record(|encoder| -> Result<()> {
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &batch.delta[last])?;
-            for (l, layer) in mlp.layers().iter().enumerate().rev() {
-                let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
-                let delta = &batch.delta[l];
-                self.matmul.record(
-                    ctx,
-                    &mut pass,
-                    (fan_out, fan_out, rows),
-                    View::transposed(delta, 0, fan_out),
-                    View::rows(delta, 0, fan_out),
-                    View::rows(&s[l].buffer, 0, s[l].ld()),
-                    scale,
-                    0.0,
-                )?;
-                let input = Self::layer_input(batch, l);
-                let (abuf, ld) = (&a[l].buffer, a[l].ld());
-                let products = [
-                    // āᵀā's inputs block, its last column and row (the means), and its corner
-                    (
-                        (fan_in, fan_in, n),
-                        View::transposed(input, 0, fan_in),
-                        View::rows(input, 0, fan_in),
-                        0,
-                    ),
-                    ((fan_in, 1, n), View::transposed(input, 0, fan_in), ones(), fan_in),
-                    ((1, fan_in, n), ones(), View::rows(input, 0, fan_in), fan_in * ld),
-                    ((1, 1, n), ones(), ones(), fan_in * ld + fan_in),
-                ];
-                for (dims, left, right, offset) in products {
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.record_seeds(ctx, &mut pass, mlp, batch, kind, key, 0, rows, &batch.delta[last])?;
+                for (l, layer) in mlp.layers().iter().enumerate().rev() {
+                    let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
+                    let delta = &batch.delta[l];
                     self.matmul.record(
                         ctx,
                         &mut pass,
-                        dims,
-                        left,
-                        right,
-                        View::rows(abuf, offset, ld),
+                        (fan_out, fan_out, rows),
+                        View::transposed(delta, 0, fan_out),
+                        View::rows(delta, 0, fan_out),
+                        View::rows(&s[l].buffer, 0, s[l].ld()),
                         scale,
                         0.0,
                     )?;
-                }
-                if l > 0 {
-                    self.record_back(ctx, &mut pass, mlp, theta, batch, l, rows, per_example, 0)?;
+                    let input = Self::layer_input(batch, l);
+                    let (abuf, ld) = (&a[l].buffer, a[l].ld());
+                    let products = [
+                        // āᵀā's inputs block, its last column and row (the means), and its corner
+                        (
+                            (fan_in, fan_in, n),
+                            View::transposed(input, 0, fan_in),
+                            View::rows(input, 0, fan_in),
+                            0,
+                        ),
+                        ((fan_in, 1, n), View::transposed(input, 0, fan_in), ones(), fan_in),
+                        ((1, fan_in, n), ones(), View::rows(input, 0, fan_in), fan_in * ld),
+                        ((1, 1, n), ones(), ones(), fan_in * ld + fan_in),
+                    ];
+                    for (dims, left, right, offset) in products {
+                        self.matmul.record(
+                            ctx,
+                            &mut pass,
+                            dims,
+                            left,
+                            right,
+                            View::rows(abuf, offset, ld),
+                            scale,
+                            0.0,
+                        )?;
+                    }
+                    if l > 0 {
+                        self.record_back(ctx, &mut pass, mlp, theta, batch, l, rows, per_example, 0)?;
+                    }
                 }
             }
-        }
             Ok(())
         })
     }
@@ -762,61 +764,61 @@ impl MlpKernels {
         mlp.check_params(y.len)?;
         let tmp = f32_buffer(ctx, "Kronecker product scratch", mlp.num_params())?;
         ctx.record(|encoder| -> Result<()> {
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for (l, layer) in mlp.layers().iter().enumerate() {
-                let (fi, fo, w, b) = (layer.fan_in, layer.fan_out, layer.weight, layer.bias);
-                let (abuf, lda) = (&a[l].buffer, a[l].ld());
-                let x_w = View::rows(&x.buffer, w, fi);
-                // the bias as a column, broadcast along its one column
-                let x_b = View {
-                    buffer: &x.buffer,
-                    offset: b,
-                    row_stride: 1,
-                    col_stride: 0,
-                };
-                let a_block = View::rows(abuf, 0, lda);
-                let a_last_row = View {
-                    buffer: abuf,
-                    offset: fi * lda,
-                    row_stride: 0,
-                    col_stride: 1,
-                };
-                let a_last_col = View {
-                    buffer: abuf,
-                    offset: fi,
-                    row_stride: lda,
-                    col_stride: 0,
-                };
-                let a_corner = broadcast(abuf, fi * lda + fi);
-                let (t_w, t_b) = (View::rows(&tmp, w, fi), View::rows(&tmp, b, 1));
-                let products = [
-                    // T_W = X_W·A₁₁ + X_b·A₂₁;  T_b = X_W·A₁₂ + X_b·A₂₂
-                    ((fo, fi, fi), x_w, a_block, t_w, 0.0),
-                    ((fo, fi, 1), x_b, a_last_row, t_w, 1.0),
-                    ((fo, 1, fi), x_w, a_last_col, t_b, 0.0),
-                    ((fo, 1, 1), x_b, a_corner, t_b, 1.0),
-                    // Y = S·T
-                    (
-                        (fo, fi, fo),
-                        View::rows(&s[l].buffer, 0, s[l].ld()),
-                        t_w,
-                        View::rows(&y.buffer, w, fi),
-                        0.0,
-                    ),
-                    (
-                        (fo, 1, fo),
-                        View::rows(&s[l].buffer, 0, s[l].ld()),
-                        t_b,
-                        View::rows(&y.buffer, b, 1),
-                        0.0,
-                    ),
-                ];
-                for (dims, left, right, out, beta) in products {
-                    self.matmul.record(ctx, &mut pass, dims, left, right, out, 1.0, beta)?;
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for (l, layer) in mlp.layers().iter().enumerate() {
+                    let (fi, fo, w, b) = (layer.fan_in, layer.fan_out, layer.weight, layer.bias);
+                    let (abuf, lda) = (&a[l].buffer, a[l].ld());
+                    let x_w = View::rows(&x.buffer, w, fi);
+                    // the bias as a column, broadcast along its one column
+                    let x_b = View {
+                        buffer: &x.buffer,
+                        offset: b,
+                        row_stride: 1,
+                        col_stride: 0,
+                    };
+                    let a_block = View::rows(abuf, 0, lda);
+                    let a_last_row = View {
+                        buffer: abuf,
+                        offset: fi * lda,
+                        row_stride: 0,
+                        col_stride: 1,
+                    };
+                    let a_last_col = View {
+                        buffer: abuf,
+                        offset: fi,
+                        row_stride: lda,
+                        col_stride: 0,
+                    };
+                    let a_corner = broadcast(abuf, fi * lda + fi);
+                    let (t_w, t_b) = (View::rows(&tmp, w, fi), View::rows(&tmp, b, 1));
+                    let products = [
+                        // T_W = X_W·A₁₁ + X_b·A₂₁;  T_b = X_W·A₁₂ + X_b·A₂₂
+                        ((fo, fi, fi), x_w, a_block, t_w, 0.0),
+                        ((fo, fi, 1), x_b, a_last_row, t_w, 1.0),
+                        ((fo, 1, fi), x_w, a_last_col, t_b, 0.0),
+                        ((fo, 1, 1), x_b, a_corner, t_b, 1.0),
+                        // Y = S·T
+                        (
+                            (fo, fi, fo),
+                            View::rows(&s[l].buffer, 0, s[l].ld()),
+                            t_w,
+                            View::rows(&y.buffer, w, fi),
+                            0.0,
+                        ),
+                        (
+                            (fo, 1, fo),
+                            View::rows(&s[l].buffer, 0, s[l].ld()),
+                            t_b,
+                            View::rows(&y.buffer, b, 1),
+                            0.0,
+                        ),
+                    ];
+                    for (dims, left, right, out, beta) in products {
+                        self.matmul.record(ctx, &mut pass, dims, left, right, out, 1.0, beta)?;
+                    }
                 }
             }
-        }
             Ok(())
         })
     }
@@ -846,52 +848,52 @@ impl MlpKernels {
         let batch = &*batch;
         let per_example = kind.rows_per_example(mlp.likelihood());
         ctx.record(|encoder| -> Result<()> {
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            let last = mlp.layers().len() - 1;
-            self.record_seeds(
-                ctx,
-                &mut pass,
-                mlp,
-                batch,
-                kind,
-                key,
-                rows.start,
-                count,
-                &batch.delta[last],
-            )?;
-            for (l, layer) in mlp.layers().iter().enumerate().rev() {
-                let params = Params {
-                    rows: count as u32,
-                    width: layer.fan_out as u32,
-                    per_example: per_example as u32,
-                    row0: rows.start as u32,
-                    fan_in: layer.fan_in as u32,
-                    offset: layer.weight as u32,
-                    ld: out.ld() as u32,
-                    ..Self::base_params(mlp)
-                };
-                let buffers = [(5, &batch.delta[l]), (6, &out.buffer), (8, Self::layer_input(batch, l))];
-                let x_groups = (layer.len() as u32).div_ceil(WG);
-                if x_groups > kernel::MAX_GROUPS {
-                    return Err(Error::Shape(format!(
-                        "layer {l} has {} parameters, beyond the GPU grid",
-                        layer.len()
-                    )));
-                }
-                self.dispatch(
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                let last = mlp.layers().len() - 1;
+                self.record_seeds(
                     ctx,
                     &mut pass,
-                    &self.expand_scores,
-                    &params,
-                    &buffers,
-                    (x_groups, count as u32),
-                );
-                if l > 0 {
-                    self.record_back(ctx, &mut pass, mlp, theta, batch, l, count, per_example, rows.start)?;
+                    mlp,
+                    batch,
+                    kind,
+                    key,
+                    rows.start,
+                    count,
+                    &batch.delta[last],
+                )?;
+                for (l, layer) in mlp.layers().iter().enumerate().rev() {
+                    let params = Params {
+                        rows: count as u32,
+                        width: layer.fan_out as u32,
+                        per_example: per_example as u32,
+                        row0: rows.start as u32,
+                        fan_in: layer.fan_in as u32,
+                        offset: layer.weight as u32,
+                        ld: out.ld() as u32,
+                        ..Self::base_params(mlp)
+                    };
+                    let buffers = [(5, &batch.delta[l]), (6, &out.buffer), (8, Self::layer_input(batch, l))];
+                    let x_groups = (layer.len() as u32).div_ceil(WG);
+                    if x_groups > kernel::MAX_GROUPS {
+                        return Err(Error::Shape(format!(
+                            "layer {l} has {} parameters, beyond the GPU grid",
+                            layer.len()
+                        )));
+                    }
+                    self.dispatch(
+                        ctx,
+                        &mut pass,
+                        &self.expand_scores,
+                        &params,
+                        &buffers,
+                        (x_groups, count as u32),
+                    )?;
+                    if l > 0 {
+                        self.record_back(ctx, &mut pass, mlp, theta, batch, l, count, per_example, rows.start)?;
+                    }
                 }
             }
-        }
             Ok(())
         })
     }
@@ -986,8 +988,17 @@ impl MlpOps for Gpu {
     ) -> Result<f64> {
         backend::check_fisher_kind(kind)?;
         backend::check_same_len(v.len, diag.len)?;
-        self.mlp
-            .damped_fisher_quad(&self.ctx, Some(&self.linalg), mlp, theta, batch, kind, key, v, Some(diag))
+        self.mlp.damped_fisher_quad(
+            &self.ctx,
+            Some(&self.linalg),
+            mlp,
+            theta,
+            batch,
+            kind,
+            key,
+            v,
+            Some(diag),
+        )
     }
 
     fn step_scalars(

@@ -15,6 +15,7 @@ pub(crate) mod linalg;
 pub(crate) mod matmul;
 pub(crate) mod mlp;
 pub(crate) mod optim;
+pub(crate) mod pcg;
 #[doc(hidden)]
 pub mod shader;
 pub(crate) mod sizes;
@@ -52,6 +53,7 @@ pub struct Gpu {
     fisher: fisher::FisherKernel,
     linalg: linalg::LinalgKernels,
     cg: cg::CgKernels,
+    pcg: pcg::PcgKernels,
     mlp: mlp::MlpKernels,
     optim: optim::OptimKernels,
     blas2: blas2::Blas2Kernels,
@@ -76,6 +78,7 @@ impl Gpu {
         Ok(Self {
             fisher: fisher::FisherKernel::new(&ctx, nb)?,
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
+            pcg: pcg::PcgKernels::new(&ctx, &variant)?,
             mlp: mlp::MlpKernels::new(&ctx, &linalg_variant)?,
             optim: optim::OptimKernels::new(&ctx)?,
             blas2: blas2::Blas2Kernels::new(&ctx, &linalg_variant)?,
@@ -147,7 +150,10 @@ impl Buffers for Gpu {
     }
 
     fn download_matrices(&self, ms: &[&GpuMatrix]) -> Result<Vec<Vec<f32>>> {
-        let ranges: Vec<_> = ms.iter().map(|m| (&m.buffer, 0, (m.rows * m.ld() * 4) as u64)).collect();
+        let ranges: Vec<_> = ms
+            .iter()
+            .map(|m| (&m.buffer, 0, (m.rows * m.ld() * 4) as u64))
+            .collect();
         let bytes = self.ctx.read_back_many(&ranges)?;
         Ok(ms
             .iter()

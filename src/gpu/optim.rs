@@ -50,7 +50,7 @@ impl OptimKernels {
         let uniform = ctx.uniform(&params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        let group = kernel::bind_some(ctx, &pipeline, "optim", &entries);
+        let group = kernel::bind_some(ctx, pipeline, "optim", &entries);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &group, &[]);

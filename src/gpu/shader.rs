@@ -12,6 +12,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("fisher", include_str!("../../shaders/fisher.wgsl")),
     ("linalg", include_str!("../../shaders/linalg.wgsl")),
     ("cg", include_str!("../../shaders/cg.wgsl")),
+    ("pcg", include_str!("../../shaders/pcg.wgsl")),
     ("blas2", include_str!("../../shaders/blas2.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("mlp", include_str!("../../shaders/mlp.wgsl")),

@@ -34,6 +34,7 @@ pub fn prelude() -> String {
         ("CONVERGED", CgOutcome::Converged.code()),
         ("MAX_ITERATIONS", CgOutcome::MaxIterations.code()),
         ("BREAKDOWN", CgOutcome::Breakdown.code()),
+        ("STALLED", CgOutcome::Stalled.code()),
         ("CATEGORICAL", Likelihood::Categorical { classes: 2 }.code()),
         ("BERNOULLI", Likelihood::Bernoulli.code()),
         ("GAUSSIAN", Likelihood::Gaussian { outputs: 1, sigma: 1.0 }.code()),

@@ -8,18 +8,7 @@ use super::{CgOutcome, CgParams, CgReport, curvature_ok};
 use crate::backend::BlasOps;
 use crate::error::Result;
 
-/// A symmetric positive (semi-)definite linear map on the device.
-pub trait Operator<B: BlasOps> {
-    /// `y = A x`.
-    fn apply(&mut self, b: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()>;
-}
-
-/// An approximation M of the operator whose inverse is cheap: CG on `M⁻¹A` converges in fewer
-/// iterations the closer M is to A.
-pub trait Preconditioner<B: BlasOps> {
-    /// `z = M⁻¹ r`.
-    fn apply_inverse(&mut self, b: &B, r: &B::Vector, z: &mut B::Vector) -> Result<()>;
-}
+pub use crate::backend::cg::{Operator, Preconditioner};
 
 /// Solves `A d = g` from the `d` given (a warm start, or zeros), preconditioned by `m` when
 /// given. Without a preconditioner this is plain CG, iteration for iteration.
