@@ -275,6 +275,7 @@ impl MlpKernels {
     }
 
     /// Loss, ‖g‖² and Σ mθ² recorded together and read back in one wait.
+    #[allow(clippy::too_many_arguments)]
     pub fn step_scalars(
         &self,
         ctx: &GpuContext,
