@@ -75,7 +75,12 @@ fn matmul(
     // which axis the 1024-element slab loads walk fastest: the one contiguous in memory
     let a_k_fast = params.a_cs == 1u;
     let b_n_fast = params.b_rs != 1u;
-    var acc: array<vec4<f32>, 4>;
+    // one row of the 4×4 block per variable, so that every register index is static (a register
+    // array indexed at run time may be spilled to memory)
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = k_begin; k0 < k_end; k0 += KSTEP) {
         for (var i = 0u; i < 4u; i++) {
             let t = lid + 256u * i;
@@ -101,31 +106,43 @@ fn matmul(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KSTEP; kk++) {
-            let av = vec4<f32>(stage_a[kk][4u * ty], stage_a[kk][4u * ty + 1u], stage_a[kk][4u * ty + 2u], stage_a[kk][4u * ty + 3u]);
             let bv = vec4<f32>(stage_b[kk][4u * tx], stage_b[kk][4u * tx + 1u], stage_b[kk][4u * tx + 2u], stage_b[kk][4u * tx + 3u]);
-            for (var r = 0u; r < 4u; r++) {
-                acc[r] = fma(vec4<f32>(av[r]), bv, acc[r]);
-            }
+            acc0 = fma(vec4<f32>(stage_a[kk][4u * ty]), bv, acc0);
+            acc1 = fma(vec4<f32>(stage_a[kk][4u * ty + 1u]), bv, acc1);
+            acc2 = fma(vec4<f32>(stage_a[kk][4u * ty + 2u]), bv, acc2);
+            acc3 = fma(vec4<f32>(stage_a[kk][4u * ty + 3u]), bv, acc3);
         }
         workgroupBarrier();
     }
-    for (var r = 0u; r < 4u; r++) {
-        let m = m0 + 4u * ty + r;
-        if m >= params.m {
-            continue;
-        }
-        for (var cc = 0u; cc < 4u; cc++) {
-            let n = n0 + 4u * tx + cc;
-            if n < params.n {
-                let idx = params.c_off + wg.z * params.c_split + m * params.c_rs + n;
-                var v = params.alpha * acc[r][cc];
-                if params.c_split == 0u && params.beta != 0.0 {
-                    v += params.beta * c[idx];
-                }
-                c[idx] = v;
-            }
-        }
+    let n = n0 + 4u * tx;
+    let m = m0 + 4u * ty;
+    store_row(m, n, wg.z, acc0);
+    store_row(m + 1u, n, wg.z, acc1);
+    store_row(m + 2u, n, wg.z, acc2);
+    store_row(m + 3u, n, wg.z, acc3);
+}
+
+// C(m, n .. n + 4) = α·v (+ β·C), within C's bounds; in split-k, into slice z of the scratch.
+fn store_row(m: u32, n: u32, z: u32, v: vec4<f32>) {
+    if m >= params.m {
+        return;
     }
+    store(m, n, z, v.x);
+    store(m, n + 1u, z, v.y);
+    store(m, n + 2u, z, v.z);
+    store(m, n + 3u, z, v.w);
+}
+
+fn store(m: u32, n: u32, z: u32, value: f32) {
+    if n >= params.n {
+        return;
+    }
+    let idx = params.c_off + z * params.c_split + m * params.c_rs + n;
+    var v = params.alpha * value;
+    if params.c_split == 0u && params.beta != 0.0 {
+        v += params.beta * c[idx];
+    }
+    c[idx] = v;
 }
 
 // C = β·C + Σ_z slice z, for the m×n block of C; the slices are m×n row-major, c_split apart.

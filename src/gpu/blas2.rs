@@ -52,7 +52,7 @@ fn per_cell(rows: usize, cols: usize) -> Result<(u32, u32)> {
 }
 
 impl Blas2Kernels {
-    pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, variant: &Variant, matmul: &MatmulKernel) -> Result<Self> {
         let module = kernel::compile(ctx, "blas2", variant)?;
         let p = |entry| kernel::pipeline(ctx, &module, entry, None);
         Ok(Self {
@@ -64,7 +64,7 @@ impl Blas2Kernels {
             scale_columns: p("scale_columns")?,
             copy_columns: p("copy_columns")?,
             copy_range: p("copy_range")?,
-            matmul: MatmulKernel::new(ctx)?,
+            matmul: matmul.clone(),
         })
     }
 

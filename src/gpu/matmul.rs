@@ -65,6 +65,8 @@ const TILE: usize = super::sizes::MATMUL_TILE as usize;
 /// lavapipe stops near k = 58,000, silently).
 pub const MAX_K_PER_DISPATCH: usize = 16384;
 
+/// Cloned into every family that multiplies (the pipelines are shared handles, compiled once).
+#[derive(Clone)]
 pub struct MatmulKernel {
     pipeline: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,

@@ -95,11 +95,11 @@ fn groups_for(count: usize) -> Result<(u32, u32)> {
 }
 
 impl MlpKernels {
-    pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, variant: &Variant, matmul: &MatmulKernel) -> Result<Self> {
         let module = kernel::compile(ctx, "mlp", variant)?;
         let p = |entry| kernel::pipeline(ctx, &module, entry, None);
         Ok(Self {
-            matmul: MatmulKernel::new(ctx)?,
+            matmul: matmul.clone(),
             bias_act: p("bias_act")?,
             act_grad_mul: p("act_grad_mul")?,
             output_seeds: p("output_seeds")?,

@@ -75,13 +75,14 @@ impl Gpu {
             .fisher_blocking
             .unwrap_or_else(|| fisher::default_blocking(&ctx.info));
         let linalg = linalg::LinalgKernels::new(&ctx, &linalg_variant)?;
+        let matmul = matmul::MatmulKernel::new(&ctx)?;
         Ok(Self {
             fisher: fisher::FisherKernel::new(&ctx, nb)?,
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
             pcg: pcg::PcgKernels::new(&ctx, &variant)?,
-            mlp: mlp::MlpKernels::new(&ctx, &linalg_variant)?,
+            mlp: mlp::MlpKernels::new(&ctx, &linalg_variant, &matmul)?,
             optim: optim::OptimKernels::new(&ctx)?,
-            blas2: blas2::Blas2Kernels::new(&ctx, &linalg_variant)?,
+            blas2: blas2::Blas2Kernels::new(&ctx, &linalg_variant, &matmul)?,
             linalg,
             subgroups,
             ctx,

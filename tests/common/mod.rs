@@ -22,7 +22,8 @@ fn context() -> GpuContext {
     GpuContext::open(None).unwrap_or_else(|e| {
         panic!(
             "GPU tests need a GPU adapter and found none ({e}). They never skip: on a machine \
-             without a GPU install Mesa's software Vulkan driver (apt-get install mesa-vulkan-drivers libvulkan1)."
+             without a GPU install Mesa's software drivers (apt-get install mesa-vulkan-drivers libvulkan1, and for \
+             WGPU_BACKEND=gl libegl1 libegl-mesa0 libgl1-mesa-dri libgles2)."
         )
     })
 }
