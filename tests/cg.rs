@@ -210,6 +210,7 @@ fn a_zero_gradient_gives_a_zero_direction() {
             CgReport {
                 iterations: 0,
                 rel_residual: 0.0,
+                rhs_sq: 0.0,
                 outcome: CgOutcome::Converged
             },
             "{name}"

@@ -117,5 +117,8 @@ pub struct CgReport {
     /// The true relative residual `‖g − (F + λI)d‖ / ‖g‖` of the returned `d`, recomputed from
     /// scratch (the recursive residual drifts in f32). 0 when `g = 0`.
     pub rel_residual: f32,
+    /// `gᵀg` of the right-hand side (0 where no residual was measured): what turns
+    /// `rel_residual` back into an absolute one, as a block-diagonal solve adds them up.
+    pub rhs_sq: f64,
     pub outcome: CgOutcome,
 }

@@ -86,6 +86,8 @@ pub trait Buffers {
     type Matrix;
     /// A vector resident on the device.
     type Vector;
+    /// A read-back recorded but not yet collected (see [`Buffers::download_matrices_later`]).
+    type Pending;
 
     /// What the device is, in one line (the adapter, or the CPU and its threads).
     fn describe(&self) -> String;
@@ -109,6 +111,13 @@ pub trait Buffers {
     fn download_matrices(&self, ms: &[&Self::Matrix]) -> Result<Vec<Vec<f32>>> {
         ms.iter().map(|m| self.download_matrix(m)).collect()
     }
+    /// Records the read-back of `ms` as they will be after the work recorded so far, to be
+    /// [`collected`](Buffers::collect) later: on a GPU the values come back with the next wait
+    /// the host makes anyway, and collecting them then costs none.
+    fn download_matrices_later(&self, ms: &[&Self::Matrix]) -> Result<Self::Pending>;
+    /// The matrices of a [`Buffers::download_matrices_later`] (waiting only if no wait has
+    /// brought them back yet).
+    fn collect(&self, pending: Self::Pending) -> Result<Vec<Vec<f32>>>;
     /// `(rows, cols)`.
     fn shape(&self, m: &Self::Matrix) -> (usize, usize);
     /// Number of elements.
@@ -228,6 +237,20 @@ pub trait CgOps: BlasOps {
         d: &mut Self::Vector,
         params: &CgParams,
     ) -> Result<CgReport>;
+
+    /// [`CgOps::cg_solve`] for several systems at once (a block-diagonal matrix's blocks): a GPU
+    /// records them all and reads their reports back together.
+    fn cg_solve_many(
+        &self,
+        systems: &mut [(&Self::Matrix, &Self::Vector, &mut Self::Vector)],
+        damping: f32,
+        params: &CgParams,
+    ) -> Result<Vec<CgReport>> {
+        systems
+            .iter_mut()
+            .map(|(a, g, d)| self.cg_solve(a, damping, g, d, params))
+            .collect()
+    }
 
     /// Solves `A d = g` by conjugate gradient over any operator, preconditioned by `m` when
     /// given, from the `d` passed in, stopping also when the quadratic model stops improving by

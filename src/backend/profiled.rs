@@ -72,6 +72,7 @@ const UPDATE: usize = 5;
 impl<B: Backend> Buffers for Profiled<'_, B> {
     type Matrix = B::Matrix;
     type Vector = B::Vector;
+    type Pending = B::Pending;
 
     fn describe(&self) -> String {
         self.inner.describe()
@@ -107,6 +108,14 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
 
     fn download_matrices(&self, ms: &[&B::Matrix]) -> Result<Vec<Vec<f32>>> {
         self.timed(FISHER, || self.inner.download_matrices(ms))
+    }
+
+    fn download_matrices_later(&self, ms: &[&B::Matrix]) -> Result<B::Pending> {
+        self.timed(FISHER, || self.inner.download_matrices_later(ms))
+    }
+
+    fn collect(&self, pending: B::Pending) -> Result<Vec<Vec<f32>>> {
+        self.timed(FISHER, || self.inner.collect(pending))
     }
 
     /// The device's counts less the waits profiling added: what the same run makes unprofiled.
@@ -227,6 +236,15 @@ impl<B: Backend> CgOps for Profiled<'_, B> {
         progress: f64,
     ) -> Result<CgReport> {
         crate::solve::cg_with_progress(self, op, m, g, d, params, progress)
+    }
+
+    fn cg_solve_many(
+        &self,
+        systems: &mut [(&B::Matrix, &B::Vector, &mut B::Vector)],
+        damping: f32,
+        params: &CgParams,
+    ) -> Result<Vec<CgReport>> {
+        self.timed(SOLVE, || self.inner.cg_solve_many(systems, damping, params))
     }
 
     fn cg_solve(

@@ -87,6 +87,8 @@ fn simd_level() -> &'static str {
 impl Buffers for Cpu {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
+    /// Read at once: the CPU's matrices are on the host already.
+    type Pending = Vec<Vec<f32>>;
 
     fn describe(&self) -> String {
         format!("CPU ({} threads, {})", rayon::current_num_threads(), simd_level())
@@ -134,6 +136,14 @@ impl Buffers for Cpu {
             return Err(Error::Empty(what));
         }
         Ok(vec![0.0; len])
+    }
+
+    fn download_matrices_later(&self, ms: &[&CpuMatrix]) -> Result<Vec<Vec<f32>>> {
+        self.download_matrices(ms)
+    }
+
+    fn collect(&self, pending: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
+        Ok(pending)
     }
 
     fn download_matrix(&self, m: &CpuMatrix) -> Result<Vec<f32>> {

@@ -82,24 +82,39 @@ impl<B: Backend> Curvature<B> for Blocks<B> {
         d: &mut B::Vector,
         cg: &CgParams,
     ) -> Result<CgReport> {
-        let gg = b.dot(g, g)?;
-        let (mut iterations, mut residual2, mut outcome) = (0, 0.0f64, CgOutcome::Converged);
-        for (f, layer) in self.fs.iter().zip(&self.layers) {
+        // the blocks' systems, solved together: one wait for all their reports
+        let mut gs = Vec::with_capacity(self.layers.len());
+        let mut ds = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
             let len = layer.len();
             let mut gl = b.zeros_vector("block gradient", len)?;
             let mut dl = b.zeros_vector("block direction", len)?;
             b.copy_range(g, layer.start, &mut gl, 0, len)?;
             b.copy_range(d, layer.start, &mut dl, 0, len)?;
-            let report = b.cg_solve(f, damping, &gl, &mut dl, cg)?;
-            b.copy_range(&dl, 0, d, layer.start, len)?;
+            gs.push(gl);
+            ds.push(dl);
+        }
+        let mut systems: Vec<_> = self
+            .fs
+            .iter()
+            .zip(&gs)
+            .zip(ds.iter_mut())
+            .map(|((f, gl), dl)| (f, gl, dl))
+            .collect();
+        let reports = b.cg_solve_many(&mut systems, damping, cg)?;
+        let (mut iterations, mut residual2, mut gg, mut outcome) = (0, 0.0f64, 0.0f64, CgOutcome::Converged);
+        for ((report, dl), layer) in reports.iter().zip(&ds).zip(&self.layers) {
+            b.copy_range(dl, 0, d, layer.start, layer.len())?;
             iterations += report.iterations;
-            residual2 += (report.rel_residual as f64).powi(2) * b.dot(&gl, &gl)?;
+            residual2 += (report.rel_residual as f64).powi(2) * report.rhs_sq;
+            gg += report.rhs_sq;
             outcome = worse(outcome, report.outcome);
         }
         let rel_residual = if gg > 0.0 { (residual2 / gg).sqrt() as f32 } else { 0.0 };
         Ok(CgReport {
             iterations,
             rel_residual,
+            rhs_sq: gg,
             outcome,
         })
     }

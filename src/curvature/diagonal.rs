@@ -63,6 +63,7 @@ impl<B: Backend> Curvature<B> for FisherDiagonal<B> {
         Ok(CgReport {
             iterations: 0,
             rel_residual: 0.0,
+            rhs_sq: 0.0,
             outcome: CgOutcome::Converged,
         })
     }

@@ -117,6 +117,8 @@ pub(crate) struct KroneckerFactors<B: Backend> {
     dims: Vec<(usize, usize)>,
     /// whether the raised-damping warning was given
     warned: bool,
+    /// this batch's statistics on their way back to the host (see [`KroneckerFactors::record`])
+    pending: Option<B::Pending>,
 }
 
 impl<B: Backend> KroneckerFactors<B> {
@@ -139,21 +141,34 @@ impl<B: Backend> KroneckerFactors<B> {
             inverses: None,
             dims,
             warned: false,
+            pending: None,
         })
     }
 
-    /// Folds the batch at `at` into the moving averages.
-    pub fn update(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
+    /// Records the batch's statistics at `at` and their read-back, to be folded in by
+    /// [`KroneckerFactors::update`]: recorded before the step's first wait, they come back with
+    /// the loss instead of costing a wait of their own.
+    pub fn record(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
         let kind = match (at.fisher, self.settings.draws) {
             (FisherKind::Exact, draws) if draws > 0 => FisherKind::Sampled { draws },
             (kind, _) => kind,
         };
         let (a, s) = (&mut self.batch_a, &mut self.batch_s);
         b.kfac_factors(at.mlp, at.theta, at.batch, kind, at.key, a, s)?;
-        // every factor in one read-back
         let all: Vec<&B::Matrix> = self.batch_a.iter().chain(&self.batch_s).collect();
+        self.pending = Some(b.download_matrices_later(&all)?);
+        Ok(())
+    }
+
+    /// Folds the batch at `at` into the moving averages (its statistics as
+    /// [`KroneckerFactors::record`] left them, or made now).
+    pub fn update(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
+        if self.pending.is_none() {
+            self.record(b, at)?;
+        }
+        let pending = self.pending.take().ok_or_else(no_factors)?;
         let mut host: Vec<Vec<f64>> = b
-            .download_matrices(&all)?
+            .collect(pending)?
             .into_iter()
             .map(|m| m.into_iter().map(f64::from).collect())
             .collect();

@@ -50,6 +50,13 @@ struct MatrixFree<B: Backend> {
 }
 
 impl<B: Backend> Curvature<B> for MatrixFree<B> {
+    fn prefetch(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
+        match &mut self.preconditioner {
+            Some(factors) => factors.record(b, at),
+            None => Ok(()),
+        }
+    }
+
     fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
         match &mut self.preconditioner {
             Some(factors) => factors.update(b, at),

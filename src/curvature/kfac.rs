@@ -37,6 +37,10 @@ struct KroneckerFactored<B: Backend> {
 }
 
 impl<B: Backend> Curvature<B> for KroneckerFactored<B> {
+    fn prefetch(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
+        self.factors.record(b, at)
+    }
+
     fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
         self.factors.update(b, at)
     }
@@ -56,6 +60,7 @@ impl<B: Backend> Curvature<B> for KroneckerFactored<B> {
         Ok(CgReport {
             iterations: 0,
             rel_residual: f32::NAN,
+            rhs_sq: 0.0,
             outcome: CgOutcome::Converged,
         })
     }

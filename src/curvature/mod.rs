@@ -79,6 +79,12 @@ pub struct At<'a, B: Backend> {
 
 /// A curvature representation on a device: built on a batch, then solved with and measured.
 pub trait Curvature<B: Backend> {
+    /// Records, ahead of the step's first wait, the device work of the next
+    /// [`Curvature::build`] whose results the host reads back (K-FAC's statistics), so that they
+    /// come back with the step's loss. Nothing for the representations that read nothing back.
+    fn prefetch(&mut self, _b: &B, _at: &mut At<'_, B>) -> Result<()> {
+        Ok(())
+    }
     /// Builds (or refreshes) the representation at `at`.
     fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()>;
     /// Solves `(C + wd·D_W + λI) d = g` from the `d` given (C: this representation's F).

@@ -68,13 +68,32 @@ pub fn matrix_bytes(rows: usize, cols: usize) -> Option<u64> {
     (padded(rows) as u64).checked_mul(padded(cols) as u64)?.checked_mul(4)
 }
 
+/// A read-back recorded now and collected later ([`GpuContext::read_later`]).
+pub struct Later {
+    staging: wgpu::Buffer,
+    mapped: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    sizes: Vec<u64>,
+}
+
+/// Matrices being read back, with their shapes.
+pub struct PendingMatrices {
+    pub(crate) later: Later,
+    pub(crate) shapes: Vec<(usize, usize)>,
+}
+
 /// `m`'s rows as read back (`rows × ld`), without the padding columns.
 pub fn unpad(m: &GpuMatrix, all: Vec<f32>) -> Vec<f32> {
-    let ld = m.ld();
-    if ld == m.cols {
+    unpad_rows(m.rows, m.cols, all)
+}
+
+/// A `rows × cols` matrix's rows as read back (`rows × ld`), without the padding columns.
+pub fn unpad_rows(rows: usize, cols: usize, mut all: Vec<f32>) -> Vec<f32> {
+    let ld = padded(cols);
+    all.truncate(rows * ld);
+    if ld == cols {
         return all;
     }
-    all.chunks_exact(ld).flat_map(|row| &row[..m.cols]).copied().collect()
+    all.chunks_exact(ld).flat_map(|row| &row[..cols]).copied().collect()
 }
 
 impl GpuContext {
@@ -229,6 +248,65 @@ impl GpuContext {
                 part
             })
             .collect())
+    }
+
+    /// Records copies of the ranges into one staging buffer, mapped after the next submission:
+    /// the values come back with whatever wait the host makes next.
+    pub fn read_later(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Later {
+        let total: u64 = ranges.iter().map(|r| r.2).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back for later"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|e| {
+            let mut at = 0;
+            for &(buffer, offset, size) in ranges {
+                e.copy_buffer_to_buffer(buffer, offset, &staging, at, size);
+                at += size;
+            }
+        });
+        let (sender, mapped) = std::sync::mpsc::channel();
+        self.engine.map_after_submit(staging.clone(), sender);
+        Later {
+            staging,
+            mapped,
+            sizes: ranges.iter().map(|r| r.2).collect(),
+        }
+    }
+
+    /// The ranges of a [`GpuContext::read_later`], waiting only if no wait has brought them yet.
+    pub fn collect(&self, later: Later) -> Result<Vec<Vec<u8>>> {
+        let status = match later.mapped.try_recv() {
+            Ok(status) => status,
+            Err(_) => {
+                // not submitted, or not finished: submit what is recorded and wait for it
+                self.finish()?;
+                later
+                    .mapped
+                    .try_recv()
+                    .map_err(|_| Error::Gpu("a read-back was not mapped after its work finished".into()))?
+            }
+        };
+        status.map_err(|e| Error::Gpu(format!("mapping a read-back buffer: {e}")))?;
+        let view = later
+            .staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+        let mut at = 0usize;
+        let parts = later
+            .sizes
+            .iter()
+            .map(|&size| {
+                let part = view[at..at + size as usize].to_vec();
+                at += size as usize;
+                part
+            })
+            .collect();
+        drop(view);
+        later.staging.unmap();
+        Ok(parts)
     }
 
     /// Records a copy of `buffer[offset .. offset + size]` into a new mappable buffer.

@@ -130,6 +130,41 @@ impl CgKernels {
         d: &GpuVector,
         params: &CgParams,
     ) -> Result<CgReport> {
+        let state = self.record(ctx, a, damping, g, d, params)?;
+        report(ctx.read_back::<State>(&state, 0, STATE_BYTES)?[0])
+    }
+
+    /// Solves several systems `(A_i + λI) d_i = g_i`, recorded one after another and their
+    /// reports read back together: one wait for all of them.
+    pub fn solve_many(
+        &self,
+        ctx: &GpuContext,
+        systems: &[(&GpuMatrix, &GpuVector, &GpuVector)],
+        damping: f32,
+        params: &CgParams,
+    ) -> Result<Vec<CgReport>> {
+        let states = systems
+            .iter()
+            .map(|(a, g, d)| self.record(ctx, a, damping, g, d, params))
+            .collect::<Result<Vec<_>>>()?;
+        let ranges: Vec<_> = states.iter().map(|s| (s, 0, STATE_BYTES)).collect();
+        ctx.read_back_many(&ranges)?
+            .iter()
+            .map(|bytes| report(bytemuck::pod_read_unaligned::<State>(bytes)))
+            .collect()
+    }
+
+    /// Records a solve; returns the buffer its final state will be in. A solve of more than
+    /// [`ITERATIONS_PER_SUBMISSION`] iterations reads its state back between blocks of them.
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        a: &GpuMatrix,
+        damping: f32,
+        g: &GpuVector,
+        d: &GpuVector,
+        params: &CgParams,
+    ) -> Result<wgpu::Buffer> {
         let n4 = g.n4();
         let vec_groups = linalg::vector_groups(n4)?;
         let vector = |what| ctx.storage_buffer(what, "CG work vector", n4 as u64 * 16, wgpu::BufferUsages::empty());
@@ -240,15 +275,20 @@ impl CgKernels {
             pass.set_pipeline(&self.final_state);
             pass.dispatch_workgroups(1, 1, 1);
         });
-        let state = ctx.read_back::<State>(&states[(k + 1) % 2], 0, STATE_BYTES)?[0];
-        let outcome = CgOutcome::from_code(state.status)
-            .ok_or_else(|| Error::Gpu(format!("CG ended in state {} (not a final state)", state.status)))?;
-        Ok(CgReport {
-            iterations: state.iters as usize,
-            rel_residual: state.rel_residual,
-            outcome,
-        })
+        Ok(states[(k + 1) % 2].clone())
     }
+}
+
+/// The report of a final state.
+fn report(state: State) -> Result<CgReport> {
+    let outcome = CgOutcome::from_code(state.status)
+        .ok_or_else(|| Error::Gpu(format!("CG ended in state {} (not a final state)", state.status)))?;
+    Ok(CgReport {
+        iterations: state.iters as usize,
+        rel_residual: state.rel_residual,
+        rhs_sq: state.gg as f64,
+        outcome,
+    })
 }
 
 impl CgOps for Gpu {
@@ -263,6 +303,20 @@ impl CgOps for Gpu {
         params.validate(damping)?;
         backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
         self.cg.solve(&self.ctx, a, damping, g, d, params)
+    }
+
+    fn cg_solve_many(
+        &self,
+        systems: &mut [(&GpuMatrix, &GpuVector, &mut GpuVector)],
+        damping: f32,
+        params: &CgParams,
+    ) -> Result<Vec<CgReport>> {
+        params.validate(damping)?;
+        for (a, g, d) in systems.iter() {
+            backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
+        }
+        let systems: Vec<_> = systems.iter().map(|(a, g, d)| (*a, *g, &**d)).collect();
+        self.cg.solve_many(&self.ctx, &systems, damping, params)
     }
 
     fn pcg(

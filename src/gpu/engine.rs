@@ -67,6 +67,8 @@ pub struct Engine {
     scratch: Mutex<HashMap<u64, wgpu::Buffer>>,
     pool: Pool,
     gate: Mutex<Option<Gate>>,
+    /// read-backs recorded for later, to map once the submission holding their copies is made
+    unmapped: Mutex<Vec<(wgpu::Buffer, MapSender)>>,
     submissions: AtomicU64,
     host_syncs: AtomicU64,
 }
@@ -87,6 +89,9 @@ struct Gate {
 
 /// Bytes of one indirect dispatch's sizes.
 pub const GATE_SLOT_BYTES: u64 = 12;
+
+/// Where a staging buffer's mapping reports.
+pub type MapSender = std::sync::mpsc::Sender<Result<(), wgpu::BufferAsyncError>>;
 
 /// A poisoned lock only means another thread panicked mid-record; the maps stay usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,10 +125,22 @@ impl Engine {
         }
         let encoder = lock(&self.open).take();
         self.submissions.fetch_add(1, Ordering::Relaxed);
-        match encoder {
+        let index = match encoder {
             Some(e) => queue.submit([e.finish()]),
             None => queue.submit([]),
+        };
+        // their copies are in this submission: the mappings complete with it, at the next wait
+        for (staging, sender) in lock(&self.unmapped).drain(..) {
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = sender.send(r);
+            });
         }
+        index
+    }
+
+    /// Registers `staging`, whose copies are recorded, to be mapped after the next submission.
+    pub fn map_after_submit(&self, staging: wgpu::Buffer, sender: MapSender) {
+        lock(&self.unmapped).push((staging, sender));
     }
 
     /// Counts one wait of the host on the device.

@@ -112,6 +112,7 @@ impl Gpu {
 impl Buffers for Gpu {
     type Matrix = GpuMatrix;
     type Vector = GpuVector;
+    type Pending = buffer::PendingMatrices;
 
     fn describe(&self) -> String {
         context::describe(&self.ctx.info)
@@ -160,6 +161,27 @@ impl Buffers for Gpu {
             .iter()
             .zip(bytes)
             .map(|(m, b)| buffer::unpad(m, bytemuck::pod_collect_to_vec(&b)))
+            .collect())
+    }
+
+    fn download_matrices_later(&self, ms: &[&GpuMatrix]) -> Result<buffer::PendingMatrices> {
+        let ranges: Vec<_> = ms
+            .iter()
+            .map(|m| (&m.buffer, 0, (m.rows * m.ld() * 4) as u64))
+            .collect();
+        Ok(buffer::PendingMatrices {
+            later: self.ctx.read_later(&ranges),
+            shapes: ms.iter().map(|m| (m.rows, m.cols)).collect(),
+        })
+    }
+
+    fn collect(&self, pending: buffer::PendingMatrices) -> Result<Vec<Vec<f32>>> {
+        let bytes = self.ctx.collect(pending.later)?;
+        Ok(pending
+            .shapes
+            .iter()
+            .zip(bytes)
+            .map(|(&(rows, cols), b)| buffer::unpad_rows(rows, cols, bytemuck::pod_collect_to_vec(&b)))
             .collect())
     }
 

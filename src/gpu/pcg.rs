@@ -269,6 +269,7 @@ impl PcgKernels {
         Ok(CgReport {
             iterations: st.iters as usize,
             rel_residual: st.rel_residual,
+            rhs_sq: st.gg as f64,
             outcome,
         })
     }

@@ -156,6 +156,13 @@ pub trait Optimizer<B: Backend> {
     /// forward pass at θ and its objective value).
     fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo>;
 
+    /// Records, before the step's first wait (its `objective` not yet known), device work the
+    /// update will read back, so that it comes back with the step's loss: natural gradient's
+    /// K-FAC statistics.
+    fn prefetch(&mut self, _b: &B, _step: &mut StepInput<'_, B>) -> Result<()> {
+        Ok(())
+    }
+
     /// Writes everything the next update depends on into `snapshot` (names under `optimizer.`).
     fn save(&self, b: &B, snapshot: &mut Snapshot) -> Result<()>;
 

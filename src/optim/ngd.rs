@@ -150,22 +150,46 @@ impl<'a, B: Backend + 'a> Ngd<'a, B> {
     }
 }
 
+impl<B: Backend> Ngd<'_, B> {
+    /// Whether this step rebuilds the curvature.
+    fn rebuild_due(&self) -> bool {
+        self.rebuild || self.steps.is_multiple_of(self.config.curvature_every)
+    }
+}
+
+/// Where the curvature of `step` is taken: its curvature batch, or the batch itself (a macro,
+/// so that the step's other fields stay free to borrow).
+macro_rules! at {
+    ($step:expr, $config:expr) => {
+        At {
+            mlp: $step.mlp,
+            theta: &*$step.theta,
+            batch: match $step.curvature_batch.as_deref_mut() {
+                Some(sub) => sub,
+                None => &mut *$step.batch,
+            },
+            fisher: $config.fisher,
+            key: $step.key,
+            weight_decay: $step.weight_decay,
+        }
+    };
+}
+
 impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
+    fn prefetch(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<()> {
+        if self.rebuild_due() {
+            let config = self.config;
+            self.curvature.prefetch(b, &mut at!(step, config))?;
+        }
+        Ok(())
+    }
+
     fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
         let config = self.config;
         let lambda = self.damping;
-        let mut at = At {
-            mlp: step.mlp,
-            theta: &*step.theta,
-            batch: match step.curvature_batch.as_deref_mut() {
-                Some(sub) => sub,
-                None => &mut *step.batch,
-            },
-            fisher: config.fisher,
-            key: step.key,
-            weight_decay: step.weight_decay,
-        };
-        if self.rebuild || self.steps.is_multiple_of(config.curvature_every) {
+        let rebuild = self.rebuild_due();
+        let mut at = at!(step, config);
+        if rebuild {
             self.curvature.build(b, &mut at)?;
             self.rebuild = false;
         }

@@ -109,6 +109,7 @@ pub fn cg_with_progress<B: BlasOps>(
     Ok(CgReport {
         iterations,
         rel_residual,
+        rhs_sq: gg,
         outcome,
     })
 }

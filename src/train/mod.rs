@@ -180,30 +180,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             self.config.weight_decay,
             &mut self.g,
         )?;
-        // the loss, ‖g‖² and ‖W‖² read back together: the step's first wait on the device
-        let decay = self.config.weight_decay;
-        let weights = (decay > 0.0).then_some(&self.weight_mask);
-        let scalars = b.step_scalars(&self.mlp, &batch, &self.g, &self.theta, weights)?;
-        let loss = scalars.loss;
-        if !loss.loss.is_finite() {
-            return Err(Error::Diverged {
-                what: "loss",
-                value: loss.loss,
-                step,
-                kept: None,
-            });
-        }
-        let objective = loss.loss + 0.5 * decay as f64 * scalars.weight_sq;
         b.copy(&self.theta, &mut self.last_good)?;
-        let grad_norm = scalars.grad_sq.sqrt();
-        if !grad_norm.is_finite() {
-            return Err(Error::Diverged {
-                what: "gradient norm",
-                value: grad_norm,
-                step,
-                kept: None,
-            });
-        }
         // Martens' curvature mini-batch: the first examples of the batch, their own forward pass
         let curvature_rows = self.config.ngd.curvature_batch;
         let n = b.batch_size(&batch);
@@ -215,20 +192,47 @@ impl<'b, B: Backend> Trainer<'b, B> {
         } else {
             None
         };
+        let decay = self.config.weight_decay;
         let mut input = StepInput {
             mlp: &self.mlp,
             batch: &mut batch,
             curvature_batch: curvature.as_mut(),
             theta: &mut self.theta,
             g: &self.g,
-            objective,
+            // known after the first wait, below
+            objective: f64::NAN,
             weight_mask: &self.weight_mask,
-            weight_decay: self.config.weight_decay,
+            weight_decay: decay,
             key: SampleKey {
                 seed: self.seed,
                 step: step as u32,
             },
         };
+        // what the update reads back (K-FAC's statistics) is recorded now, to come back with:
+        // the loss, ‖g‖² and ‖W‖², read together, the step's first wait on the device
+        self.optimizer.prefetch(b, &mut input)?;
+        let weights = (decay > 0.0).then_some(input.weight_mask);
+        let scalars = b.step_scalars(input.mlp, input.batch, input.g, input.theta, weights)?;
+        let loss = scalars.loss;
+        if !loss.loss.is_finite() {
+            return Err(Error::Diverged {
+                what: "loss",
+                value: loss.loss,
+                step,
+                kept: None,
+            });
+        }
+        let objective = loss.loss + 0.5 * decay as f64 * scalars.weight_sq;
+        let grad_norm = scalars.grad_sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                what: "gradient norm",
+                value: grad_norm,
+                step,
+                kept: None,
+            });
+        }
+        input.objective = objective;
         let update = self.optimizer.update(b, &mut input)?;
         self.steps = step;
         let accuracy = self.mlp.likelihood().is_classification().then_some(loss.accuracy);
