@@ -268,7 +268,9 @@ fn check_primitives<B: Backend>(b: &B) {
 #[test]
 fn curvature_primitives_match_f64_on_both_devices() {
     check_primitives(&Cpu::new());
-    check_primitives(&common::gpu());
+    for gpu in common::gpu_per_matmul() {
+        check_primitives(&gpu);
+    }
 }
 
 #[test]
@@ -327,9 +329,11 @@ fn the_memory_plan_refuses_with_the_buffer_the_limit_and_a_fitting_representatio
 fn gram_blocks_over_long_rows_count_every_column() {
     let (rows, cols) = (3, 70_001);
     let ones = vec![1.0f32; rows * cols];
+    let gpus = common::gpu_per_matmul();
     for (name, k) in [
         ("cpu", gram_of(&Cpu::new(), rows, cols, &ones)),
-        ("gpu", gram_of(&common::gpu(), rows, cols, &ones)),
+        ("gpu, staged matmul", gram_of(&gpus[0], rows, cols, &ones)),
+        ("gpu, direct matmul", gram_of(&gpus[1], rows, cols, &ones)),
     ] {
         assert!(k.iter().all(|&v| v == cols as f32), "{name}: {k:?}");
     }
@@ -340,4 +344,26 @@ fn gram_of<B: Backend>(b: &B, rows: usize, cols: usize, data: &[f32]) -> Vec<f32
     let mut k = b.zeros_matrix("K", rows, rows).unwrap();
     b.gram_block(&mut k, &a, &a, 0, 0).unwrap();
     b.download_matrix(&k).unwrap()
+}
+
+/// Gram blocks large enough for the wide direct kernel (at least 64 narrow tiles) and small
+/// ones, at awkward sizes, against f64 on both matrix-product kernels.
+#[test]
+fn gram_blocks_match_f64_on_both_matmul_kernels() {
+    for (rows, cols) in [(300, 37), (257, 129), (5, 3), (33, 65)] {
+        let data = common::normal(&mut common::rng(rows as u64), rows * cols);
+        let want: Vec<f64> = (0..rows * rows)
+            .map(|ij| {
+                let (i, j) = (ij / rows, ij % rows);
+                (0..cols)
+                    .map(|c| data[i * cols + c] as f64 * data[j * cols + c] as f64)
+                    .sum()
+            })
+            .collect();
+        for (name, gpu) in ["staged", "direct"].iter().zip(common::gpu_per_matmul()) {
+            let got = gram_of(&gpu, rows, cols, &data);
+            let err = natgrad::cpu::reference::rel_error(&got, &want);
+            assert!(err < 1e-5, "{name} matmul, {rows}×{cols}: {err:.2e}");
+        }
+    }
 }

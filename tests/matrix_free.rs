@@ -96,7 +96,9 @@ fn matrix_free_products_match_the_dense_fisher_on_the_cpu() {
 
 #[test]
 fn matrix_free_products_match_the_dense_fisher_on_the_gpu() {
-    check_products(&common::gpu());
+    for gpu in common::gpu_per_matmul() {
+        check_products(&gpu);
+    }
 }
 
 /// K-FAC's factors in f64 from the reference model: A_l from the layers' inputs with a 1 appended,
@@ -222,7 +224,9 @@ fn kfac_factors_and_kronecker_products_match_f64_on_the_cpu() {
 
 #[test]
 fn kfac_factors_and_kronecker_products_match_f64_on_the_gpu() {
-    check_kfac(&common::gpu());
+    for gpu in common::gpu_per_matmul() {
+        check_kfac(&gpu);
+    }
 }
 
 /// K-FAC's solve with damping λ against the explicit `((A + π√λI) ⊗ (S + √λ/π I))⁻¹ g` per layer in

@@ -379,14 +379,19 @@ fn the_gradient_of_a_long_batch_matches_f64() {
     let theta = params(&mlp, 9);
     let (xs, ys) = batch(&mlp, 3000, 9);
     let expected = reference::gradient(&mlp, &f64s(&theta), &xs, &ys, 0.1);
+    let gpus = common::gpu_per_matmul();
     for (name, g) in [
         (
             "cpu",
             on_device(&Cpu::new(), &mlp, &theta, &xs, &ys, FisherKind::Empirical).gradient,
         ),
         (
-            "gpu",
-            on_device(&common::gpu(), &mlp, &theta, &xs, &ys, FisherKind::Empirical).gradient,
+            "gpu, staged matmul",
+            on_device(&gpus[0], &mlp, &theta, &xs, &ys, FisherKind::Empirical).gradient,
+        ),
+        (
+            "gpu, direct matmul",
+            on_device(&gpus[1], &mlp, &theta, &xs, &ys, FisherKind::Empirical).gradient,
         ),
     ] {
         let err = rel_error(&g, &expected);

@@ -59,6 +59,13 @@ shader_struct! {
 }
 
 const TILE: usize = super::sizes::MATMUL_TILE as usize;
+/// The C tiles of `matmul_direct` (8×8 invocations, 4×4 each) and `matmul_direct_wide` (4×8
+/// each), rows × columns.
+const DIRECT_TILE: (usize, usize) = (32, 32);
+const WIDE_TILE: (usize, usize) = (32, 64);
+/// Products with at least this many narrow tiles take the wide kernel: enough workgroups remain
+/// to keep every core busy, and each does twice the work per load.
+const WIDE_FROM_TILES: usize = 64;
 
 /// The inner dimension one dispatch reduces over: longer products are split into dispatches that
 /// accumulate (some drivers end a workgroup's loop after a few thousand barriers; Mesa 22's
@@ -69,6 +76,11 @@ pub const MAX_K_PER_DISPATCH: usize = 16384;
 #[derive(Clone)]
 pub struct MatmulKernel {
     pipeline: wgpu::ComputePipeline,
+    /// with the direct kernel, its wide variant for large products
+    wide: Option<wgpu::ComputePipeline>,
+    /// the C tile one workgroup computes (rows, columns): 64 × 64 (workgroup memory) or 32 × 64
+    /// (direct)
+    tile: (usize, usize),
     reduce: wgpu::ComputePipeline,
 }
 
@@ -82,10 +94,20 @@ fn to_u32(v: usize) -> Result<u32> {
 }
 
 impl MatmulKernel {
-    pub fn new(ctx: &GpuContext) -> Result<Self> {
+    /// `direct`: the kernel without workgroup memory (for CPU adapters).
+    pub fn new(ctx: &GpuContext, direct: bool) -> Result<Self> {
         let module = kernel::compile(ctx, "matmul", &Variant::default())?;
+        let (entry, tile) = if direct {
+            ("matmul_direct", DIRECT_TILE)
+        } else {
+            ("matmul", (TILE, TILE))
+        };
         Ok(Self {
-            pipeline: kernel::pipeline(ctx, &module, "matmul", None)?,
+            pipeline: kernel::pipeline(ctx, &module, entry, None)?,
+            wide: direct
+                .then(|| kernel::pipeline(ctx, &module, "matmul_direct_wide", None))
+                .transpose()?,
+            tile,
             reduce: kernel::pipeline(ctx, &module, "matmul_reduce", None)?,
         })
     }
@@ -103,7 +125,11 @@ impl MatmulKernel {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        let (gx, gy) = (n.div_ceil(TILE), m.div_ceil(TILE));
+        let (pipeline, tile) = match &self.wide {
+            Some(wide) if n.div_ceil(self.tile.1) * m.div_ceil(self.tile.0) >= WIDE_FROM_TILES => (wide, WIDE_TILE),
+            _ => (&self.pipeline, self.tile),
+        };
+        let (gx, gy) = (n.div_ceil(tile.1), m.div_ceil(tile.0));
         if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
             return Err(Error::Shape(format!("a {m}×{n} product is beyond the GPU grid")));
         }
@@ -139,10 +165,10 @@ impl MatmulKernel {
             c_split: 0,
             splits: 1,
         };
-        pass.set_pipeline(&self.pipeline);
+        pass.set_pipeline(pipeline);
         if splits == 1 {
             let uniform = ctx.uniform(&base);
-            let group = kernel::bind(ctx, &self.pipeline, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
+            let group = kernel::bind(ctx, pipeline, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
             pass.set_bind_group(0, &group, &[]);
             ctx.dispatch(pass, (gx as u32, gy as u32, 1))?;
             return Ok(());
@@ -165,7 +191,7 @@ impl MatmulKernel {
             ..base
         };
         let uniform = ctx.uniform(&partial);
-        let group = kernel::bind(ctx, &self.pipeline, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
+        let group = kernel::bind(ctx, pipeline, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
         pass.set_bind_group(0, &group, &[]);
         ctx.dispatch(pass, (gx as u32, gy as u32, to_u32(splits)?))?;
         let sum = Params {

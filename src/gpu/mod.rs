@@ -36,6 +36,9 @@ pub struct GpuOptions {
     pub subgroups: bool,
     /// Fisher register blocking (1: 64-wide tiles, 2: 128-wide); `None` picks by adapter.
     pub fisher_blocking: Option<u32>,
+    /// The matrix product without workgroup memory; `None`: on CPU adapters (lavapipe,
+    /// llvmpipe), where barriers are dear.
+    pub direct_matmul: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -43,6 +46,7 @@ impl Default for GpuOptions {
         Self {
             subgroups: true,
             fisher_blocking: None,
+            direct_matmul: None,
         }
     }
 }
@@ -75,7 +79,8 @@ impl Gpu {
             .fisher_blocking
             .unwrap_or_else(|| fisher::default_blocking(&ctx.info));
         let linalg = linalg::LinalgKernels::new(&ctx, &linalg_variant)?;
-        let matmul = matmul::MatmulKernel::new(&ctx)?;
+        let direct = options.direct_matmul.unwrap_or(!context::is_hardware(&ctx.info));
+        let matmul = matmul::MatmulKernel::new(&ctx, direct)?;
         Ok(Self {
             fisher: fisher::FisherKernel::new(&ctx, nb)?,
             cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,

@@ -33,8 +33,25 @@ pub fn gpu() -> Gpu {
     Gpu::with_context(context(), GpuOptions::default()).expect("natgrad's kernels compile on this adapter")
 }
 
-/// One GPU per kernel specialisation this adapter can run: subgroup reductions on and off, and
-/// both Fisher register blockings, so every variant is held to the CPU.
+/// The best adapter with both matrix-product kernels in turn: staged through workgroup memory
+/// (what hardware GPUs run) and direct (what CPU adapters run by default).
+pub fn gpu_per_matmul() -> Vec<Gpu> {
+    [false, true]
+        .into_iter()
+        .map(|direct| {
+            let options = GpuOptions {
+                direct_matmul: Some(direct),
+                ..GpuOptions::default()
+            };
+            Gpu::with_context(context(), options).expect("natgrad's kernels compile on this adapter")
+        })
+        .collect()
+}
+
+/// One GPU per kernel specialisation this adapter can run: subgroup reductions on and off, both
+/// Fisher register blockings, and both matrix-product kernels (direct and staged through
+/// workgroup memory, alternating so that every other variant, which many tests take, covers
+/// both), so every variant is held to the CPU.
 pub fn gpu_variants() -> Vec<Gpu> {
     let mut all = Vec::new();
     for subgroups in [false, true] {
@@ -44,6 +61,7 @@ pub fn gpu_variants() -> Vec<Gpu> {
                 GpuOptions {
                     subgroups,
                     fisher_blocking: Some(nb),
+                    direct_matmul: Some((nb == 1) != subgroups),
                 },
             )
             .expect("natgrad's kernels compile on this adapter");
