@@ -13,6 +13,17 @@ use natgrad::train::{self, RunConfig};
 /// Host waits per step of 3 ngd steps on spirals (a small net, so lavapipe runs it quickly) with
 /// `curvature`, and the most in one step.
 fn waits(curvature: CurvatureKind, preconditioner: PreconditionerKind, cg_iters: usize) -> (f64, u64) {
+    let summary = run(curvature, preconditioner, cg_iters, false);
+    let profile = summary.profile.expect("a GPU run reports its waits");
+    (profile.host_syncs_per_step, profile.max_host_syncs_per_step)
+}
+
+fn run(
+    curvature: CurvatureKind,
+    preconditioner: PreconditionerKind,
+    cg_iters: usize,
+    profile: bool,
+) -> natgrad::train::Summary {
     let dir = tempfile::tempdir().unwrap();
     let mut optim = OptimConfig::new(OptimizerKind::Ngd, 1.0);
     optim.ngd.curvature = CurvatureChoice::Kind(curvature);
@@ -34,13 +45,11 @@ fn waits(curvature: CurvatureKind, preconditioner: PreconditionerKind, cg_iters:
         out: dir.path().join("run"),
         claim: natgrad::train::dir::Claim::New,
         checkpoint_every: None,
-        profile: false,
+        profile,
     };
     let prepared = train::prepare(&cfg).unwrap();
     let gpu = common::gpu();
-    let summary = train::run(&gpu, &cfg, &prepared, ("gpu", "test"), &mut |_| {}).unwrap();
-    let profile = summary.profile.expect("a GPU run reports its waits");
-    (profile.host_syncs_per_step, profile.max_host_syncs_per_step)
+    train::run(&gpu, &cfg, &prepared, ("gpu", "test"), &mut |_| {}).unwrap()
 }
 
 #[test]
@@ -73,4 +82,15 @@ fn a_step_waits_at_most_three_times_whatever_the_cg_iterations() {
 fn a_kfac_step_waits_twice() {
     let (mean, most) = waits(CurvatureKind::Kfac, PreconditionerKind::None, 5);
     assert_eq!((mean, most), (2.0, 2));
+}
+
+/// `--profile` charges matrix-free CG to the solve, where the training code labels it, runs the
+/// device's recorded solve as an unprofiled run does, and reports that run's waits, not its own.
+#[test]
+fn a_profiled_matrix_free_step_is_charged_to_the_solve_and_waits_as_unprofiled() {
+    let summary = run(CurvatureKind::Implicit, PreconditionerKind::Kfac, 20, true);
+    let ms = summary.profile_ms_per_step.expect("a profiled run reports its phases");
+    assert!(ms["solve"] > 0.0 && ms["scores"] == 0.0, "{ms:?}");
+    let profile = summary.profile.expect("a GPU run reports its waits");
+    assert!(profile.max_host_syncs_per_step <= 3, "{profile:?}");
 }

@@ -70,6 +70,50 @@ impl SyncCounts {
     }
 }
 
+/// The phases of a training step, as the code that records its work labels them: what
+/// `natgrad train --profile` charges time to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// the batch's upload and forward pass
+    Forward,
+    /// the gradient, and the step's read-back of loss and ‖g‖
+    Gradient,
+    /// score rows G
+    Scores,
+    /// the curvature's build: the Fisher, its blocks, K-FAC's statistics and inverses
+    Fisher,
+    /// solving for the direction
+    Solve,
+    /// the trust region's dᵀAd and the move of θ
+    Update,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Forward,
+        Phase::Gradient,
+        Phase::Scores,
+        Phase::Fisher,
+        Phase::Solve,
+        Phase::Update,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Gradient => "gradient",
+            Phase::Scores => "scores",
+            Phase::Fisher => "fisher",
+            Phase::Solve => "solve",
+            Phase::Update => "update",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a training step reads back of the device, read together (one wait on a GPU).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepScalars {
@@ -146,6 +190,10 @@ pub trait Buffers {
         work()?;
         Ok(None)
     }
+
+    /// Labels the work recorded from here on as `phase` (what `--profile` charges it to; nothing
+    /// otherwise).
+    fn begin_phase(&self, _phase: Phase) {}
 
     /// Submissions and host waits so far, where the device counts them (a GPU).
     fn sync_counts(&self) -> Option<SyncCounts> {

@@ -1,23 +1,32 @@
 //! Where a step's time goes: [`Profiled`] wraps a backend, waits for the device after every call
-//! and charges the wall time to the call's phase — forward, gradient, scores, Fisher, solve,
-//! update. Waiting serialises the GPU's queue, so a profiled run is a little slower than a plain
-//! one; it is for `natgrad train --profile`, not for timing records.
+//! and charges the wall time to the phase the training code labelled the call with
+//! ([`Buffers::begin_phase`]) — forward, gradient, scores, Fisher, solve, update. Waiting
+//! serialises the GPU's queue, so a profiled run is a little slower than a plain one; it is for
+//! `natgrad train --profile`, not for timing records. Matrix-free CG runs its host loop under
+//! it, each iteration's operations timed in the solve.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::time::Instant;
 
 use crate::backend::AdamStep;
 use crate::backend::cg::{CgParams, CgReport, Operator, Preconditioner};
 use crate::backend::{
-    Backend, BatchLoss, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps, StepScalars, SyncCounts,
+    Backend, BatchLoss, BlasOps, Buffers, CgOps, FisherOps, MlpOps, OptimOps, Phase, StepScalars, SyncCounts,
 };
 use crate::error::Result;
 use crate::model::Mlp;
 use crate::model::{FisherKind, SampleKey};
 
 /// The phases of a step, in the order a natural-gradient step runs them.
-pub const PHASES: [&str; 6] = ["forward", "gradient", "scores", "fisher", "solve", "update"];
+pub const PHASES: [&str; 6] = [
+    Phase::Forward.name(),
+    Phase::Gradient.name(),
+    Phase::Scores.name(),
+    Phase::Fisher.name(),
+    Phase::Solve.name(),
+    Phase::Update.name(),
+];
 
 /// Seconds spent per phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -35,6 +44,29 @@ pub struct Profiled<'b, B: Backend> {
     phases: RefCell<Phases>,
     /// the waits (each one submission and one host sync) profiling itself added
     own_syncs: RefCell<u64>,
+    /// the phase the training code said its work is in
+    current: Cell<Phase>,
+    /// inside a device's solve: calls pass through untimed
+    quiet: Cell<bool>,
+}
+
+/// A profiled operator (or preconditioner) as the inner device's: the device's recorded solve
+/// calls it, and it calls the profiled backend, quiet for the solve's duration.
+struct Through<'p, 'b, T: ?Sized, B: Backend> {
+    profiled: &'p Profiled<'b, B>,
+    op: &'p mut T,
+}
+
+impl<'b, B: Backend> Operator<B> for Through<'_, 'b, dyn Operator<Profiled<'b, B>> + '_, B> {
+    fn apply(&mut self, _: &B, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
+        self.op.apply(self.profiled, x, y)
+    }
+}
+
+impl<'b, B: Backend> Preconditioner<B> for Through<'_, 'b, dyn Preconditioner<Profiled<'b, B>> + '_, B> {
+    fn apply_inverse(&mut self, _: &B, r: &B::Vector, z: &mut B::Vector) -> Result<()> {
+        self.op.apply_inverse(self.profiled, r, z)
+    }
 }
 
 impl<'b, B: Backend> Profiled<'b, B> {
@@ -43,6 +75,8 @@ impl<'b, B: Backend> Profiled<'b, B> {
             inner,
             phases: RefCell::new(Phases::default()),
             own_syncs: RefCell::new(0),
+            current: Cell::new(Phase::Forward),
+            quiet: Cell::new(false),
         }
     }
 
@@ -51,23 +85,20 @@ impl<'b, B: Backend> Profiled<'b, B> {
         *self.phases.borrow()
     }
 
-    /// Runs `f`, waits for the device, and charges the time to `phase`.
-    fn timed<T>(&self, phase: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Runs `f`, waits for the device, and charges the time to the current phase (inside a
+    /// device's solve, runs `f` alone).
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.quiet.get() {
+            return f();
+        }
         let start = Instant::now();
         let value = f()?;
         self.inner.synchronize()?;
         *self.own_syncs.borrow_mut() += 1;
-        self.phases.borrow_mut().0[phase] += start.elapsed().as_secs_f64();
+        self.phases.borrow_mut().0[self.current.get().index()] += start.elapsed().as_secs_f64();
         Ok(value)
     }
 }
-
-const FORWARD: usize = 0;
-const GRADIENT: usize = 1;
-const SCORES: usize = 2;
-const FISHER: usize = 3;
-const SOLVE: usize = 4;
-const UPDATE: usize = 5;
 
 impl<B: Backend> Buffers for Profiled<'_, B> {
     type Matrix = B::Matrix;
@@ -83,39 +114,43 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
     }
 
     fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<B::Matrix> {
-        self.timed(UPDATE, || self.inner.upload_matrix(what, rows, cols, data))
+        self.timed(|| self.inner.upload_matrix(what, rows, cols, data))
     }
 
     fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<B::Vector> {
-        self.timed(UPDATE, || self.inner.upload_vector(what, data))
+        self.timed(|| self.inner.upload_vector(what, data))
     }
 
     fn zeros_matrix(&self, what: &'static str, rows: usize, cols: usize) -> Result<B::Matrix> {
-        self.timed(SCORES, || self.inner.zeros_matrix(what, rows, cols))
+        self.timed(|| self.inner.zeros_matrix(what, rows, cols))
     }
 
     fn zeros_vector(&self, what: &'static str, len: usize) -> Result<B::Vector> {
-        self.timed(UPDATE, || self.inner.zeros_vector(what, len))
+        self.timed(|| self.inner.zeros_vector(what, len))
     }
 
     fn download_matrix(&self, m: &B::Matrix) -> Result<Vec<f32>> {
-        self.timed(UPDATE, || self.inner.download_matrix(m))
+        self.timed(|| self.inner.download_matrix(m))
     }
 
     fn download_vector(&self, v: &B::Vector) -> Result<Vec<f32>> {
-        self.timed(UPDATE, || self.inner.download_vector(v))
+        self.timed(|| self.inner.download_vector(v))
     }
 
     fn download_matrices(&self, ms: &[&B::Matrix]) -> Result<Vec<Vec<f32>>> {
-        self.timed(FISHER, || self.inner.download_matrices(ms))
+        self.timed(|| self.inner.download_matrices(ms))
     }
 
     fn download_matrices_later(&self, ms: &[&B::Matrix]) -> Result<B::Pending> {
-        self.timed(FISHER, || self.inner.download_matrices_later(ms))
+        self.timed(|| self.inner.download_matrices_later(ms))
     }
 
     fn collect(&self, pending: B::Pending) -> Result<Vec<Vec<f32>>> {
-        self.timed(FISHER, || self.inner.collect(pending))
+        self.timed(|| self.inner.collect(pending))
+    }
+
+    fn begin_phase(&self, phase: Phase) {
+        self.current.set(phase);
     }
 
     /// The device's counts less the waits profiling added: what the same run makes unprofiled.
@@ -136,15 +171,15 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
     }
 
     fn copy(&self, src: &B::Vector, dst: &mut B::Vector) -> Result<()> {
-        self.timed(UPDATE, || self.inner.copy(src, dst))
+        self.timed(|| self.inner.copy(src, dst))
     }
 
     fn copy_range(&self, src: &B::Vector, src0: usize, dst: &mut B::Vector, dst0: usize, len: usize) -> Result<()> {
-        self.timed(SOLVE, || self.inner.copy_range(src, src0, dst, dst0, len))
+        self.timed(|| self.inner.copy_range(src, src0, dst, dst0, len))
     }
 
     fn copy_columns(&self, src: &B::Matrix, col0: usize, dst: &mut B::Matrix) -> Result<()> {
-        self.timed(FISHER, || self.inner.copy_columns(src, col0, dst))
+        self.timed(|| self.inner.copy_columns(src, col0, dst))
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -166,66 +201,67 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
 
 impl<B: Backend> BlasOps for Profiled<'_, B> {
     fn matvec(&self, a: &B::Matrix, damping: f32, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
-        self.timed(UPDATE, || self.inner.matvec(a, damping, x, y))
+        self.timed(|| self.inner.matvec(a, damping, x, y))
     }
 
     fn dot(&self, x: &B::Vector, y: &B::Vector) -> Result<f64> {
-        self.timed(UPDATE, || self.inner.dot(x, y))
+        self.timed(|| self.inner.dot(x, y))
     }
 
     fn weighted_dot(&self, x: &B::Vector, w: &B::Vector, y: &B::Vector) -> Result<f64> {
-        self.timed(FORWARD, || self.inner.weighted_dot(x, w, y))
+        self.timed(|| self.inner.weighted_dot(x, w, y))
     }
 
     fn axpy(&self, alpha: f32, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
-        self.timed(UPDATE, || self.inner.axpy(alpha, x, y))
+        self.timed(|| self.inner.axpy(alpha, x, y))
     }
 
     fn xpby(&self, x: &B::Vector, beta: f32, y: &mut B::Vector) -> Result<()> {
-        self.timed(UPDATE, || self.inner.xpby(x, beta, y))
+        self.timed(|| self.inner.xpby(x, beta, y))
     }
 
     fn add_diagonal(&self, a: &mut B::Matrix, d: &B::Vector) -> Result<()> {
-        self.timed(FISHER, || self.inner.add_diagonal(a, d))
+        self.timed(|| self.inner.add_diagonal(a, d))
     }
 
     fn gemv(&self, a: &B::Matrix, x: &B::Vector, y: &mut B::Vector) -> Result<()> {
-        self.timed(SOLVE, || self.inner.gemv(a, x, y))
+        self.timed(|| self.inner.gemv(a, x, y))
     }
 
     fn gemv_t(&self, a: &B::Matrix, x: &B::Vector, scale: f32, accumulate: bool, y: &mut B::Vector) -> Result<()> {
-        self.timed(SOLVE, || self.inner.gemv_t(a, x, scale, accumulate, y))
+        self.timed(|| self.inner.gemv_t(a, x, scale, accumulate, y))
     }
 
     fn scale_add(&self, w: &B::Vector, x: &B::Vector, beta: f32, y: &mut B::Vector) -> Result<()> {
-        self.timed(SOLVE, || self.inner.scale_add(w, x, beta, y))
+        self.timed(|| self.inner.scale_add(w, x, beta, y))
     }
 
     fn divide(&self, x: &B::Vector, w: &B::Vector, y: &mut B::Vector) -> Result<()> {
-        self.timed(SOLVE, || self.inner.divide(x, w, y))
+        self.timed(|| self.inner.divide(x, w, y))
     }
 
     fn column_sq_sums(&self, a: &B::Matrix, scale: f32, accumulate: bool, y: &mut B::Vector) -> Result<()> {
-        self.timed(FISHER, || self.inner.column_sq_sums(a, scale, accumulate, y))
+        self.timed(|| self.inner.column_sq_sums(a, scale, accumulate, y))
     }
 
     fn scale_columns(&self, a: &mut B::Matrix, s: &B::Vector) -> Result<()> {
-        self.timed(SOLVE, || self.inner.scale_columns(a, s))
+        self.timed(|| self.inner.scale_columns(a, s))
     }
 
     fn gram_block(&self, k: &mut B::Matrix, a: &B::Matrix, b: &B::Matrix, row0: usize, col0: usize) -> Result<()> {
-        self.timed(FISHER, || self.inner.gram_block(k, a, b, row0, col0))
+        self.timed(|| self.inner.gram_block(k, a, b, row0, col0))
     }
 }
 
 impl<B: Backend> FisherOps for Profiled<'_, B> {
     fn fisher_accumulate(&self, f: &mut B::Matrix, g: &B::Matrix, scale: f32, accumulate: bool) -> Result<()> {
-        self.timed(FISHER, || self.inner.fisher_accumulate(f, g, scale, accumulate))
+        self.timed(|| self.inner.fisher_accumulate(f, g, scale, accumulate))
     }
 }
 
 impl<B: Backend> CgOps for Profiled<'_, B> {
-    /// The host loop over the profiled operations, each timed in its phase.
+    /// The device's own solve, timed whole: inside it the operator's and preconditioner's calls
+    /// pass through unsynchronised, so that a GPU records the loop as it does unprofiled.
     fn pcg(
         &self,
         op: &mut dyn Operator<Self>,
@@ -235,7 +271,21 @@ impl<B: Backend> CgOps for Profiled<'_, B> {
         params: &CgParams,
         progress: f64,
     ) -> Result<CgReport> {
-        crate::solve::cg_with_progress(self, op, m, g, d, params, progress)
+        let mut op = Through { profiled: self, op };
+        let mut m = m.map(|m| Through { profiled: self, op: m });
+        self.timed(|| {
+            self.quiet.set(true);
+            let report = self.inner.pcg(
+                &mut op,
+                m.as_mut().map(|m| m as &mut dyn Preconditioner<B>),
+                g,
+                d,
+                params,
+                progress,
+            );
+            self.quiet.set(false);
+            report
+        })
     }
 
     fn cg_solve_many(
@@ -244,7 +294,7 @@ impl<B: Backend> CgOps for Profiled<'_, B> {
         damping: f32,
         params: &CgParams,
     ) -> Result<Vec<CgReport>> {
-        self.timed(SOLVE, || self.inner.cg_solve_many(systems, damping, params))
+        self.timed(|| self.inner.cg_solve_many(systems, damping, params))
     }
 
     fn cg_solve(
@@ -255,7 +305,7 @@ impl<B: Backend> CgOps for Profiled<'_, B> {
         d: &mut B::Vector,
         params: &CgParams,
     ) -> Result<CgReport> {
-        self.timed(SOLVE, || self.inner.cg_solve(a, damping, g, d, params))
+        self.timed(|| self.inner.cg_solve(a, damping, g, d, params))
     }
 }
 
@@ -263,7 +313,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
     type Batch = B::Batch;
 
     fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<B::Batch> {
-        self.timed(FORWARD, || self.inner.upload_batch(mlp, x, targets))
+        self.timed(|| self.inner.upload_batch(mlp, x, targets))
     }
 
     fn batch_size(&self, batch: &B::Batch) -> usize {
@@ -271,15 +321,15 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
     }
 
     fn forward(&self, mlp: &Mlp, theta: &B::Vector, batch: &mut B::Batch) -> Result<()> {
-        self.timed(FORWARD, || self.inner.forward(mlp, theta, batch))
+        self.timed(|| self.inner.forward(mlp, theta, batch))
     }
 
     fn outputs(&self, mlp: &Mlp, batch: &B::Batch) -> Result<Vec<f32>> {
-        self.timed(FORWARD, || self.inner.outputs(mlp, batch))
+        self.timed(|| self.inner.outputs(mlp, batch))
     }
 
     fn batch_loss(&self, mlp: &Mlp, batch: &B::Batch) -> Result<BatchLoss> {
-        self.timed(FORWARD, || self.inner.batch_loss(mlp, batch))
+        self.timed(|| self.inner.batch_loss(mlp, batch))
     }
 
     fn gradient(
@@ -290,7 +340,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         weight_decay: f32,
         g: &mut B::Vector,
     ) -> Result<()> {
-        self.timed(GRADIENT, || self.inner.gradient(mlp, theta, batch, weight_decay, g))
+        self.timed(|| self.inner.gradient(mlp, theta, batch, weight_decay, g))
     }
 
     fn score_rows(
@@ -303,9 +353,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         rows: Range<usize>,
         out: &mut B::Matrix,
     ) -> Result<()> {
-        self.timed(SCORES, || {
-            self.inner.score_rows(mlp, theta, batch, kind, key, rows, out)
-        })
+        self.timed(|| self.inner.score_rows(mlp, theta, batch, kind, key, rows, out))
     }
 
     fn fisher_product(
@@ -319,9 +367,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         scale: f32,
         y: &mut B::Vector,
     ) -> Result<()> {
-        self.timed(SOLVE, || {
-            self.inner.fisher_product(mlp, theta, batch, kind, key, v, scale, y)
-        })
+        self.timed(|| self.inner.fisher_product(mlp, theta, batch, kind, key, v, scale, y))
     }
 
     fn fisher_quad(
@@ -333,7 +379,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         key: SampleKey,
         v: &B::Vector,
     ) -> Result<f64> {
-        self.timed(SOLVE, || self.inner.fisher_quad(mlp, theta, batch, kind, key, v))
+        self.timed(|| self.inner.fisher_quad(mlp, theta, batch, kind, key, v))
     }
 
     fn damped_fisher_quad(
@@ -346,9 +392,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         v: &B::Vector,
         diag: &B::Vector,
     ) -> Result<f64> {
-        self.timed(UPDATE, || {
-            self.inner.damped_fisher_quad(mlp, theta, batch, kind, key, v, diag)
-        })
+        self.timed(|| self.inner.damped_fisher_quad(mlp, theta, batch, kind, key, v, diag))
     }
 
     fn step_scalars(
@@ -359,7 +403,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         theta: &B::Vector,
         weight_mask: Option<&B::Vector>,
     ) -> Result<StepScalars> {
-        self.timed(GRADIENT, || self.inner.step_scalars(mlp, batch, g, theta, weight_mask))
+        self.timed(|| self.inner.step_scalars(mlp, batch, g, theta, weight_mask))
     }
 
     fn kfac_factors(
@@ -372,7 +416,7 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         a: &mut [B::Matrix],
         s: &mut [B::Matrix],
     ) -> Result<()> {
-        self.timed(FISHER, || self.inner.kfac_factors(mlp, theta, batch, kind, key, a, s))
+        self.timed(|| self.inner.kfac_factors(mlp, theta, batch, kind, key, a, s))
     }
 
     fn kronecker_product(
@@ -383,13 +427,13 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         x: &B::Vector,
         y: &mut B::Vector,
     ) -> Result<()> {
-        self.timed(SOLVE, || self.inner.kronecker_product(mlp, s, a, x, y))
+        self.timed(|| self.inner.kronecker_product(mlp, s, a, x, y))
     }
 }
 
 impl<B: Backend> OptimOps for Profiled<'_, B> {
     fn sgd_step(&self, theta: &mut B::Vector, g: &B::Vector, v: &mut B::Vector, lr: f32, momentum: f32) -> Result<()> {
-        self.timed(UPDATE, || self.inner.sgd_step(theta, g, v, lr, momentum))
+        self.timed(|| self.inner.sgd_step(theta, g, v, lr, momentum))
     }
 
     fn adam_step(
@@ -400,6 +444,6 @@ impl<B: Backend> OptimOps for Profiled<'_, B> {
         v: &mut B::Vector,
         step: AdamStep,
     ) -> Result<()> {
-        self.timed(UPDATE, || self.inner.adam_step(theta, g, m, v, step))
+        self.timed(|| self.inner.adam_step(theta, g, m, v, step))
     }
 }

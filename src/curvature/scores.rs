@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Phase};
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp, SampleKey};
 
@@ -65,7 +65,9 @@ pub fn for_each_chunk<B: Backend>(
         if rows.len() != b.shape(&g).0 {
             g = b.zeros_matrix("score rows G (last chunk)", rows.len(), mlp.num_params())?;
         }
+        b.begin_phase(Phase::Scores);
         b.score_rows(mlp, theta, batch, kind, key, rows.clone(), &mut g)?;
+        b.begin_phase(Phase::Fisher);
         each(rows, &g)?;
     }
     Ok(())

@@ -6,6 +6,7 @@ use std::ops::Range;
 use super::Gpu;
 use super::buffer::{GpuMatrix, GpuVector};
 use super::context::GpuContext;
+use super::engine::{self, Pool};
 use super::kernel;
 use super::layout::shader_struct;
 use super::linalg::WG;
@@ -60,6 +61,30 @@ pub struct GpuBatch {
     factors: Option<(FisherKind, SampleKey, wgpu::Buffer)>,
     /// forward-mode tangents per layer (n × fan_out), made on first use
     tangent: Vec<wgpu::Buffer>,
+    /// where the buffers go when the batch is dropped: the next batch of the same shape takes
+    /// them, so a training step allocates nothing after the first
+    pool: Pool,
+}
+
+impl Drop for GpuBatch {
+    fn drop(&mut self) {
+        let factors = self.factors.take().map(|f| f.2);
+        let buffers = [
+            self.x.clone(),
+            self.targets.clone(),
+            self.ones.clone(),
+            self.dummy.clone(),
+        ]
+        .into_iter()
+        .chain(self.z.drain(..))
+        .chain(self.act.drain(..))
+        .chain(self.delta.drain(..))
+        .chain(self.tangent.drain(..))
+        .chain(factors);
+        for b in buffers {
+            engine::give_back(&self.pool, b);
+        }
+    }
 }
 
 pub struct MlpKernels {
@@ -139,6 +164,7 @@ impl MlpKernels {
             dummy: f32_buffer(ctx, "unused output", 1)?,
             factors: None,
             tangent: Vec::new(),
+            pool: ctx.engine.pool().clone(),
         })
     }
 

@@ -65,6 +65,7 @@ impl<B: Backend> Adam<B> {
 
 impl<B: Backend> Optimizer<B> for Adam<B> {
     fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
+        b.begin_phase(crate::backend::Phase::Update);
         self.t += 1;
         let AdamConfig { lr, beta1, beta2, eps } = self.config;
         let adam = AdamStep {

@@ -3,7 +3,7 @@
 //! damping, compare the objective's actual decrease with the quadratic model's.
 
 use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
-use crate::backend::{Backend, CgParams};
+use crate::backend::{Backend, CgParams, Phase};
 use crate::curvature::{At, Curvature, CurvatureChoice, CurvatureKind, CurvatureSettings};
 use crate::error::Result;
 use crate::model::{FisherKind, Mlp};
@@ -190,6 +190,7 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
         let rebuild = self.rebuild_due();
         let mut at = at!(step, config);
         if rebuild {
+            b.begin_phase(Phase::Fisher);
             self.curvature.build(b, &mut at)?;
             self.rebuild = false;
         }
@@ -198,11 +199,13 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
             let warm = b.zeros_vector("warm start", b.len(&self.d))?;
             b.xpby(&warm, config.warm_start, &mut self.d)?;
         }
+        b.begin_phase(Phase::Solve);
         let report = self
             .curvature
             .solve(b, &mut at, lambda, step.g, &mut self.d, &config.cg)?;
         // dᵀ(F + λI)d: the damped curvature CG solved with. Measured without λ, directions in F's
         // null space would cost nothing and a trust region could not bound them.
+        b.begin_phase(Phase::Update);
         let dfd = self.curvature.quad(b, &mut at, lambda, &self.d)?;
         let lr = config.lr as f64;
         let eta = if config.kl > 0.0 && dfd > 0.0 {

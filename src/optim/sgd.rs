@@ -49,6 +49,7 @@ impl<B: Backend> Sgd<B> {
 
 impl<B: Backend> Optimizer<B> for Sgd<B> {
     fn update(&mut self, b: &B, step: &mut StepInput<'_, B>) -> Result<UpdateInfo> {
+        b.begin_phase(crate::backend::Phase::Update);
         let SgdConfig { lr, momentum } = self.config;
         b.sgd_step(step.theta, step.g, &mut self.velocity, lr, momentum)?;
         Ok(UpdateInfo {

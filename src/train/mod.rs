@@ -11,7 +11,7 @@ mod summary;
 pub use run::{Event, Every, Prepared, RunConfig, default_out, prepare, request_stop, resume_config, run};
 pub use summary::{DeviceProfile, Summary, Validation, config_json};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Phase};
 use crate::curvature::{CurvatureKind, Limits, Shape, plan};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -171,8 +171,10 @@ impl<'b, B: Backend> Trainer<'b, B> {
     pub fn step(&mut self, x: &[f32], y: &[f32]) -> Result<StepStats> {
         let b = self.b;
         let step = self.steps + 1;
+        b.begin_phase(Phase::Forward);
         let mut batch = b.upload_batch(&self.mlp, x, y)?;
         b.forward(&self.mlp, &self.theta, &mut batch)?;
+        b.begin_phase(Phase::Gradient);
         b.gradient(
             &self.mlp,
             &self.theta,
@@ -184,6 +186,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
         // Martens' curvature mini-batch: the first examples of the batch, their own forward pass
         let curvature_rows = self.config.ngd.curvature_batch;
         let n = b.batch_size(&batch);
+        b.begin_phase(Phase::Forward);
         let mut curvature = if self.config.kind == OptimizerKind::Ngd && curvature_rows > 0 && curvature_rows < n {
             let (d, t) = (self.mlp.inputs(), self.mlp.likelihood().target_width());
             let mut sub = b.upload_batch(&self.mlp, &x[..curvature_rows * d], &y[..curvature_rows * t])?;
@@ -210,7 +213,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
         };
         // what the update reads back (K-FAC's statistics) is recorded now, to come back with:
         // the loss, ‖g‖² and ‖W‖², read together, the step's first wait on the device
+        b.begin_phase(Phase::Fisher);
         self.optimizer.prefetch(b, &mut input)?;
+        b.begin_phase(Phase::Gradient);
         let weights = (decay > 0.0).then_some(input.weight_mask);
         let scalars = b.step_scalars(input.mlp, input.batch, input.g, input.theta, weights)?;
         let loss = scalars.loss;
