@@ -32,6 +32,12 @@ struct Params {
     c_split: u32,
     // matmul_reduce: the number of slices
     splits: u32,
+    // 1: C is symmetric (XᵀX-like, β = 0, no split-k): only tiles touching the upper triangle
+    // run, and each element on or above the diagonal is written to both its places
+    upper: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -45,6 +51,12 @@ struct Params {
 // write single elements, and a store into a vector lane picked at run time is not portable.
 var<workgroup> stage_a: array<array<f32, TILE>, KSTEP>;
 var<workgroup> stage_b: array<array<f32, TILE>, KSTEP>;
+
+// True for a workgroup of a symmetric product whose tile (first row `top`, last column
+// `right`) lies wholly below the diagonal: the tiles above it write its elements.
+fn below_diagonal(top: u32, right: u32) -> bool {
+    return params.upper != 0u && top > right;
+}
 
 fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
     if m < params.m && k < k_end {
@@ -68,6 +80,9 @@ fn matmul(
 ) {
     let m0 = wg.y * TILE;
     let n0 = wg.x * TILE;
+    if below_diagonal(m0, n0 + TILE - 1u) {
+        return;
+    }
     let k_begin = wg.z * params.k_per_group;
     let k_end = min(params.k, k_begin + params.k_per_group);
     let tx = lid3.x;
@@ -137,6 +152,14 @@ fn store(m: u32, n: u32, z: u32, value: f32) {
     if n >= params.n {
         return;
     }
+    if params.upper != 0u {
+        if m <= n {
+            let v = params.alpha * value;
+            c[params.c_off + m * params.c_rs + n] = v;
+            c[params.c_off + n * params.c_rs + m] = v;
+        }
+        return;
+    }
     let idx = params.c_off + z * params.c_split + m * params.c_rs + n;
     var v = params.alpha * value;
     if params.c_split == 0u && params.beta != 0.0 {
@@ -176,6 +199,9 @@ fn matmul_direct(
     // neighbouring invocations (a CPU adapter's SIMD lanes) read neighbouring elements of B
     let m = (wg.y * 8u + lid3.y) * 4u;
     let n = wg.x * 32u + lid3.x;
+    if below_diagonal(wg.y * 32u, wg.x * 32u + 31u) {
+        return;
+    }
     let k_begin = wg.z * params.k_per_group;
     let k_end = min(params.k, k_begin + params.k_per_group);
     // rows and columns past C's edge read its last one (always in bounds) and are never stored:
@@ -231,6 +257,9 @@ fn matmul_direct_wide(
     // neighbouring invocations (a CPU adapter's SIMD lanes) read neighbouring elements of B
     let m = (wg.y * 8u + lid3.y) * 4u;
     let n = wg.x * 64u + lid3.x;
+    if below_diagonal(wg.y * 32u, wg.x * 64u + 63u) {
+        return;
+    }
     let k_begin = wg.z * params.k_per_group;
     let k_end = min(params.k, k_begin + params.k_per_group);
     // rows and columns past C's edge read its last one (always in bounds) and are never stored:

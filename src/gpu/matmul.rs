@@ -55,6 +55,10 @@ shader_struct! {
         k_per_group: u32,
         c_split: u32,
         splits: u32,
+        upper: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
     }
 }
 
@@ -118,12 +122,45 @@ impl MatmulKernel {
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass,
+        dims: (usize, usize, usize),
+        a: View,
+        b: View,
+        c: View,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        self.record_with(ctx, pass, dims, a, b, c, alpha, beta, false)
+    }
+
+    /// Records `C = α·A·B` (m×m) for a product known to be symmetric (`B = Aᵀ`, as in `XᵀX`): only
+    /// the tiles touching the upper triangle run, and each writes its elements to both halves,
+    /// which comes out exactly symmetric. A split-k product is computed whole.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_symmetric(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
+        (m, k): (usize, usize),
+        a: View,
+        b: View,
+        c: View,
+        alpha: f32,
+    ) -> Result<()> {
+        self.record_with(ctx, pass, (m, m, k), a, b, c, alpha, 0.0, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_with(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass,
         (m, n, k): (usize, usize, usize),
         a: View,
         b: View,
         c: View,
         alpha: f32,
         beta: f32,
+        symmetric: bool,
     ) -> Result<()> {
         let (pipeline, tile) = match &self.wide {
             Some(wide) if n.div_ceil(self.tile.1) * m.div_ceil(self.tile.0) >= WIDE_FROM_TILES => (wide, WIDE_TILE),
@@ -164,6 +201,8 @@ impl MatmulKernel {
             k_per_group: to_u32(k_per_group)?,
             c_split: 0,
             splits: 1,
+            upper: (symmetric && splits == 1) as u32,
+            ..Default::default()
         };
         pass.set_pipeline(pipeline);
         if splits == 1 {
@@ -185,6 +224,7 @@ impl MatmulKernel {
             )
         })?;
         let partial = Params {
+            upper: 0,
             c_off: 0,
             c_rs: to_u32(n)?,
             c_split: to_u32(slice)?,
@@ -195,6 +235,7 @@ impl MatmulKernel {
         pass.set_bind_group(0, &group, &[]);
         ctx.dispatch(pass, (gx as u32, gy as u32, to_u32(splits)?))?;
         let sum = Params {
+            upper: 0,
             c_split: to_u32(slice)?,
             splits: to_u32(splits)?,
             ..base

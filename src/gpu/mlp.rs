@@ -732,26 +732,29 @@ impl MlpKernels {
                 for (l, layer) in mlp.layers().iter().enumerate().rev() {
                     let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
                     let delta = &batch.delta[l];
-                    self.matmul.record(
+                    self.matmul.record_symmetric(
                         ctx,
                         &mut pass,
-                        (fan_out, fan_out, rows),
+                        (fan_out, rows),
                         View::transposed(delta, 0, fan_out),
                         View::rows(delta, 0, fan_out),
                         View::rows(&s[l].buffer, 0, s[l].ld()),
                         scale,
-                        0.0,
                     )?;
                     let input = Self::layer_input(batch, l);
                     let (abuf, ld) = (&a[l].buffer, a[l].ld());
+                    // āᵀā's inputs block (symmetric), then its last column and row (the means)
+                    // and its corner
+                    self.matmul.record_symmetric(
+                        ctx,
+                        &mut pass,
+                        (fan_in, n),
+                        View::transposed(input, 0, fan_in),
+                        View::rows(input, 0, fan_in),
+                        View::rows(abuf, 0, ld),
+                        scale,
+                    )?;
                     let products = [
-                        // āᵀā's inputs block, its last column and row (the means), and its corner
-                        (
-                            (fan_in, fan_in, n),
-                            View::transposed(input, 0, fan_in),
-                            View::rows(input, 0, fan_in),
-                            0,
-                        ),
                         ((fan_in, 1, n), View::transposed(input, 0, fan_in), ones(), fan_in),
                         ((1, fan_in, n), ones(), View::rows(input, 0, fan_in), fan_in * ld),
                         ((1, 1, n), ones(), ones(), fan_in * ld + fan_in),
