@@ -408,3 +408,36 @@ fn kfac_steps_stay_finite_with_zero_damping() {
     }
     assert!(trainer.parameters().unwrap().iter().all(|v| v.is_finite()));
 }
+
+/// Factors of layers wide enough that their symmetric products span several tiles on each side
+/// of the diagonal (the tiles wholly below it are skipped and filled from above), at awkward
+/// widths, on both matrix-product kernels.
+#[test]
+fn wide_kfac_factors_match_f64_on_both_matmul_kernels() {
+    let mlp = Mlp::new(MlpSpec {
+        inputs: 70,
+        hidden: vec![131],
+        activation: Activation::Tanh,
+        likelihood: natgrad::model::Likelihood::Categorical { classes: 3 },
+    })
+    .unwrap();
+    let theta = params(&mlp, 5);
+    let (xs, ys) = batch(&mlp, 37, 7);
+    let kind = FisherKind::Empirical;
+    let (a_ref, s_ref) = reference_factors(&mlp, &reference::to_f64(&theta), &xs, &ys, kind);
+    for gpu in common::gpu_per_matmul() {
+        let mut batch = gpu.upload_batch(&mlp, &xs, &ys).unwrap();
+        let th = gpu.upload_vector("θ", &theta).unwrap();
+        gpu.forward(&mlp, &th, &mut batch).unwrap();
+        let dims: Vec<(usize, usize)> = mlp.layers().iter().map(|l| (l.fan_in + 1, l.fan_out)).collect();
+        let mut a: Vec<_> = dims.iter().map(|d| gpu.zeros_matrix("A", d.0, d.0).unwrap()).collect();
+        let mut s: Vec<_> = dims.iter().map(|d| gpu.zeros_matrix("S", d.1, d.1).unwrap()).collect();
+        gpu.kfac_factors(&mlp, &th, &mut batch, kind, KEY, &mut a, &mut s)
+            .unwrap();
+        for l in 0..dims.len() {
+            let ea = reference::rel_error(&gpu.download_matrix(&a[l]).unwrap(), &a_ref[l]);
+            let es = reference::rel_error(&gpu.download_matrix(&s[l]).unwrap(), &s_ref[l]);
+            assert!(ea < 1e-5 && es < 1e-4, "layer {l}: A off by {ea:.2e}, S by {es:.2e}");
+        }
+    }
+}
