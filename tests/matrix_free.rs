@@ -416,7 +416,7 @@ fn kfac_steps_stay_finite_with_zero_damping() {
 fn wide_kfac_factors_match_f64_on_both_matmul_kernels() {
     let mlp = Mlp::new(MlpSpec {
         inputs: 70,
-        hidden: vec![131],
+        hidden: vec![300],
         activation: Activation::Tanh,
         likelihood: natgrad::model::Likelihood::Categorical { classes: 3 },
     })

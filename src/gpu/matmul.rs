@@ -63,13 +63,13 @@ shader_struct! {
 }
 
 const TILE: usize = super::sizes::MATMUL_TILE as usize;
-/// The C tiles of `matmul_direct` (8×8 invocations, 4×4 each) and `matmul_direct_wide` (4×8
-/// each), rows × columns.
+/// The C tile of `matmul_direct` (8×8 invocations, 4×4 each), rows × columns.
 const DIRECT_TILE: (usize, usize) = (32, 32);
-const WIDE_TILE: (usize, usize) = (32, 64);
-/// Products with at least this many narrow tiles take the wide kernel: enough workgroups remain
-/// to keep every core busy, and each does twice the work per load.
-const WIDE_FROM_TILES: usize = 64;
+/// The C tile of `matmul_rows` (8 rows shared by 64 invocations, 4 columns each), and the
+/// products that take it: wide enough that few of its columns idle, with tiles for every core.
+const ROWS_TILE: (usize, usize) = (8, 256);
+const ROWS_FROM_COLUMNS: usize = 192;
+const ROWS_FROM_TILES: usize = 16;
 
 /// The inner dimension one dispatch reduces over: longer products are split into dispatches that
 /// accumulate (some drivers end a workgroup's loop after a few thousand barriers; Mesa 22's
@@ -80,8 +80,8 @@ pub const MAX_K_PER_DISPATCH: usize = 16384;
 #[derive(Clone)]
 pub struct MatmulKernel {
     pipeline: wgpu::ComputePipeline,
-    /// with the direct kernel, its wide variant for large products
-    wide: Option<wgpu::ComputePipeline>,
+    /// with the direct kernel, its variant for wide products (rows shared by a workgroup)
+    rows: Option<wgpu::ComputePipeline>,
     /// the C tile one workgroup computes (rows, columns): 64 × 64 (workgroup memory) or 32 × 64
     /// (direct)
     tile: (usize, usize),
@@ -108,8 +108,8 @@ impl MatmulKernel {
         };
         Ok(Self {
             pipeline: kernel::pipeline(ctx, &module, entry, None)?,
-            wide: direct
-                .then(|| kernel::pipeline(ctx, &module, "matmul_direct_wide", None))
+            rows: direct
+                .then(|| kernel::pipeline(ctx, &module, "matmul_rows", None))
                 .transpose()?,
             tile,
             reduce: kernel::pipeline(ctx, &module, "matmul_reduce", None)?,
@@ -162,8 +162,12 @@ impl MatmulKernel {
         beta: f32,
         symmetric: bool,
     ) -> Result<()> {
-        let (pipeline, tile) = match &self.wide {
-            Some(wide) if n.div_ceil(self.tile.1) * m.div_ceil(self.tile.0) >= WIDE_FROM_TILES => (wide, WIDE_TILE),
+        let (pipeline, tile) = match &self.rows {
+            Some(rows)
+                if n >= ROWS_FROM_COLUMNS && n.div_ceil(ROWS_TILE.1) * m.div_ceil(ROWS_TILE.0) >= ROWS_FROM_TILES =>
+            {
+                (rows, ROWS_TILE)
+            }
             _ => (&self.pipeline, self.tile),
         };
         let (gx, gy) = (n.div_ceil(tile.1), m.div_ceil(tile.0));
