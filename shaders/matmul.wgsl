@@ -32,8 +32,8 @@ struct Params {
     c_split: u32,
     // matmul_reduce: the number of slices
     splits: u32,
-    // 1: C is symmetric (XᵀX-like, β = 0, no split-k): only tiles touching the upper triangle
-    // run, and each element on or above the diagonal is written to both its places
+    // 1: C is symmetric (XᵀX-like, and C too when β ≠ 0; no split-k): only tiles touching the
+    // upper triangle run, and each element on or above the diagonal is written to both places
     upper: u32,
     pad0: u32,
     pad1: u32,
@@ -154,8 +154,12 @@ fn store(m: u32, n: u32, z: u32, value: f32) {
     }
     if params.upper != 0u {
         if m <= n {
-            let v = params.alpha * value;
-            c[params.c_off + m * params.c_rs + n] = v;
+            let upper = params.c_off + m * params.c_rs + n;
+            var v = params.alpha * value;
+            if params.beta != 0.0 {
+                v += params.beta * c[upper];
+            }
+            c[upper] = v;
             c[params.c_off + n * params.c_rs + m] = v;
         }
         return;

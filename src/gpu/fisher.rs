@@ -5,6 +5,7 @@ use super::buffer::GpuMatrix;
 use super::context::GpuContext;
 use super::kernel::{self, MAX_GROUPS};
 use super::layout::shader_struct;
+use super::matmul::View;
 use super::shader::Variant;
 use super::sizes::{FISHER_KSTEP, FISHER_TILE};
 use crate::backend::{self, FisherOps};
@@ -125,6 +126,23 @@ impl FisherKernel {
 impl FisherOps for Gpu {
     fn fisher_accumulate(&self, f: &mut GpuMatrix, g: &GpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
         backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
+        if self.matmul.is_direct() {
+            // CPU adapters: GᵀG as a symmetric product of the direct kernel, which needs no
+            // barriers (the tiled kernel here spends most of its time in them on lavapipe)
+            return self.submit(|encoder| {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.matmul.record_symmetric(
+                    &self.ctx,
+                    &mut pass,
+                    (g.cols, g.rows),
+                    View::transposed(&g.buffer, 0, g.ld()),
+                    View::rows(&g.buffer, 0, g.ld()),
+                    View::rows(&f.buffer, 0, f.ld()),
+                    scale,
+                    if accumulate { 1.0 } else { 0.0 },
+                )
+            });
+        }
         self.submit(|encoder| self.fisher.record(&self.ctx, encoder, g, f, scale, accumulate))
     }
 }

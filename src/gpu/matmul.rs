@@ -132,9 +132,10 @@ impl MatmulKernel {
         self.record_with(ctx, pass, dims, a, b, c, alpha, beta, false)
     }
 
-    /// Records `C = α·A·B` (m×m) for a product known to be symmetric (`B = Aᵀ`, as in `XᵀX`): only
-    /// the tiles touching the upper triangle run, and each writes its elements to both halves,
-    /// which comes out exactly symmetric. A split-k product is computed whole.
+    /// Records `C = α·A·B + β·C` (m×m) for a product known to be symmetric (`B = Aᵀ`, as in
+    /// `XᵀX`, and C symmetric when β ≠ 0): only the tiles touching the upper triangle run, and
+    /// each writes its elements to both halves, which comes out exactly symmetric. A split-k
+    /// product is computed whole.
     #[allow(clippy::too_many_arguments)]
     pub fn record_symmetric(
         &self,
@@ -145,8 +146,14 @@ impl MatmulKernel {
         b: View,
         c: View,
         alpha: f32,
+        beta: f32,
     ) -> Result<()> {
-        self.record_with(ctx, pass, (m, m, k), a, b, c, alpha, 0.0, true)
+        self.record_with(ctx, pass, (m, m, k), a, b, c, alpha, beta, true)
+    }
+
+    /// Whether this is the direct kernel of CPU adapters.
+    pub fn is_direct(&self) -> bool {
+        self.rows.is_some()
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -740,6 +740,7 @@ impl MlpKernels {
                         View::rows(delta, 0, fan_out),
                         View::rows(&s[l].buffer, 0, s[l].ld()),
                         scale,
+                        0.0,
                     )?;
                     let input = Self::layer_input(batch, l);
                     let (abuf, ld) = (&a[l].buffer, a[l].ld());
@@ -753,6 +754,7 @@ impl MlpKernels {
                         View::rows(input, 0, fan_in),
                         View::rows(abuf, 0, ld),
                         scale,
+                        0.0,
                     )?;
                     let products = [
                         ((fan_in, 1, n), View::transposed(input, 0, fan_in), ones(), fan_in),

@@ -55,6 +55,8 @@ impl Default for GpuOptions {
 pub struct Gpu {
     ctx: GpuContext,
     fisher: fisher::FisherKernel,
+    /// the matrix product; on CPU adapters it also builds the Fisher (see `fisher.rs`)
+    matmul: matmul::MatmulKernel,
     linalg: linalg::LinalgKernels,
     cg: cg::CgKernels,
     pcg: pcg::PcgKernels,
@@ -88,6 +90,7 @@ impl Gpu {
             mlp: mlp::MlpKernels::new(&ctx, &linalg_variant, &matmul)?,
             optim: optim::OptimKernels::new(&ctx)?,
             blas2: blas2::Blas2Kernels::new(&ctx, &linalg_variant, &matmul)?,
+            matmul,
             linalg,
             subgroups,
             ctx,
