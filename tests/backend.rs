@@ -15,3 +15,12 @@ fn the_gpu_tests_run_on_the_backend_asked_for() {
         );
     }
 }
+
+/// Kernels compile when first used; every family, in every variant this adapter runs, compiles
+/// here, so that none fails only in the run that first needs it.
+#[test]
+fn every_kernel_family_compiles_on_this_adapter() {
+    for gpu in common::gpu_variants() {
+        gpu.compile_all().expect("natgrad's kernels compile on this adapter");
+    }
+}

@@ -302,7 +302,7 @@ impl CgOps for Gpu {
     ) -> Result<CgReport> {
         params.validate(damping)?;
         backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
-        self.cg.solve(&self.ctx, a, damping, g, d, params)
+        self.cg()?.solve(&self.ctx, a, damping, g, d, params)
     }
 
     fn cg_solve_many(
@@ -316,7 +316,7 @@ impl CgOps for Gpu {
             backend::check_matvec((a.rows, a.cols), g.len, d.len)?;
         }
         let systems: Vec<_> = systems.iter().map(|(a, g, d)| (*a, *g, &**d)).collect();
-        self.cg.solve_many(&self.ctx, &systems, damping, params)
+        self.cg()?.solve_many(&self.ctx, &systems, damping, params)
     }
 
     fn pcg(
@@ -330,6 +330,6 @@ impl CgOps for Gpu {
     ) -> Result<CgReport> {
         params.validate(0.0)?;
         backend::check_same_len(g.len, d.len)?;
-        self.pcg.solve(self, op, m, g, d, params, progress)
+        self.pcg()?.solve(self, op, m, g, d, params, progress)
     }
 }

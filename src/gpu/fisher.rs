@@ -36,6 +36,11 @@ pub struct FisherKernel {
     nb: u32,
 }
 
+/// Edge of the F tile one workgroup computes at register blocking `nb`.
+pub fn tile(nb: u32) -> u32 {
+    FISHER_TILE * nb
+}
+
 /// Register blocking for an adapter: 8×8 per invocation (128-wide tiles) on discrete GPUs, whose
 /// register files hold it and whose bandwidth needs the reuse; 4×4 (64-wide) elsewhere.
 pub fn default_blocking(info: &wgpu::AdapterInfo) -> u32 {
@@ -75,7 +80,7 @@ impl FisherKernel {
 
     /// Edge of the F tile one workgroup computes.
     pub fn tile(&self) -> u32 {
-        FISHER_TILE * self.nb
+        tile(self.nb)
     }
 
     /// Records `F ← (accumulate ? F : 0) + scale · GᵀG` (shapes already checked).
@@ -126,12 +131,12 @@ impl FisherKernel {
 impl FisherOps for Gpu {
     fn fisher_accumulate(&self, f: &mut GpuMatrix, g: &GpuMatrix, scale: f32, accumulate: bool) -> Result<()> {
         backend::check_fisher((f.rows, f.cols), (g.rows, g.cols))?;
-        if self.matmul.is_direct() {
+        if self.matmul()?.is_direct() {
             // CPU adapters: GᵀG as a symmetric product of the direct kernel, which needs no
             // barriers (the tiled kernel here spends most of its time in them on lavapipe)
             return self.submit(|encoder| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                self.matmul.record_symmetric(
+                self.matmul()?.record_symmetric(
                     &self.ctx,
                     &mut pass,
                     (g.cols, g.rows),
@@ -143,6 +148,6 @@ impl FisherOps for Gpu {
                 )
             });
         }
-        self.submit(|encoder| self.fisher.record(&self.ctx, encoder, g, f, scale, accumulate))
+        self.submit(|encoder| self.fisher()?.record(&self.ctx, encoder, g, f, scale, accumulate))
     }
 }

@@ -221,71 +221,71 @@ impl LinalgKernels {
 impl BlasOps for Gpu {
     fn matvec(&self, a: &GpuMatrix, damping: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
         backend::check_matvec((a.rows, a.cols), x.len, y.len)?;
-        self.submit(|encoder| self.linalg.record_matvec(&self.ctx, encoder, a, damping, x, y))
+        self.submit(|encoder| self.linalg()?.record_matvec(&self.ctx, encoder, a, damping, x, y))
     }
 
     fn dot(&self, x: &GpuVector, y: &GpuVector) -> Result<f64> {
         backend::check_same_len(x.len, y.len)?;
-        self.linalg.dot(&self.ctx, x, y, None)
+        self.linalg()?.dot(&self.ctx, x, y, None)
     }
 
     fn weighted_dot(&self, x: &GpuVector, w: &GpuVector, y: &GpuVector) -> Result<f64> {
         backend::check_same_len(x.len, y.len)?;
         backend::check_same_len(x.len, w.len)?;
-        self.linalg.dot(&self.ctx, x, y, Some(w))
+        self.linalg()?.dot(&self.ctx, x, y, Some(w))
     }
 
     fn axpy(&self, alpha: f32, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(x.len, y.len)?;
-        self.submit(|encoder| self.linalg.record_update(&self.ctx, encoder, alpha, x, y, false))
+        self.submit(|encoder| self.linalg()?.record_update(&self.ctx, encoder, alpha, x, y, false))
     }
 
     fn xpby(&self, x: &GpuVector, beta: f32, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(x.len, y.len)?;
-        self.submit(|encoder| self.linalg.record_update(&self.ctx, encoder, beta, x, y, true))
+        self.submit(|encoder| self.linalg()?.record_update(&self.ctx, encoder, beta, x, y, true))
     }
 
     fn add_diagonal(&self, a: &mut GpuMatrix, d: &GpuVector) -> Result<()> {
         backend::check_matvec((a.rows, a.cols), d.len, d.len)?;
-        self.submit(|encoder| self.linalg.record_add_diagonal(&self.ctx, encoder, a, d))
+        self.submit(|encoder| self.linalg()?.record_add_diagonal(&self.ctx, encoder, a, d))
     }
 
     fn gemv(&self, a: &GpuMatrix, x: &GpuVector, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(a.cols, x.len)?;
         backend::check_same_len(a.rows, y.len)?;
-        self.blas2.gemv(&self.ctx, a, x, y)
+        self.blas2()?.gemv(&self.ctx, a, x, y)
     }
 
     fn gemv_t(&self, a: &GpuMatrix, x: &GpuVector, scale: f32, accumulate: bool, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(a.rows, x.len)?;
         backend::check_same_len(a.cols, y.len)?;
-        self.blas2.gemv_t(&self.ctx, a, x, scale, accumulate, y)
+        self.blas2()?.gemv_t(&self.ctx, a, x, scale, accumulate, y)
     }
 
     fn scale_add(&self, w: &GpuVector, x: &GpuVector, beta: f32, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(w.len, y.len)?;
         backend::check_same_len(x.len, y.len)?;
-        self.blas2.scale_add(&self.ctx, w, x, beta, y)
+        self.blas2()?.scale_add(&self.ctx, w, x, beta, y)
     }
 
     fn divide(&self, x: &GpuVector, w: &GpuVector, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(w.len, y.len)?;
         backend::check_same_len(x.len, y.len)?;
-        self.blas2.divide(&self.ctx, x, w, y)
+        self.blas2()?.divide(&self.ctx, x, w, y)
     }
 
     fn column_sq_sums(&self, a: &GpuMatrix, scale: f32, accumulate: bool, y: &mut GpuVector) -> Result<()> {
         backend::check_same_len(a.cols, y.len)?;
-        self.blas2.column_sq_sums(&self.ctx, a, scale, accumulate, y)
+        self.blas2()?.column_sq_sums(&self.ctx, a, scale, accumulate, y)
     }
 
     fn scale_columns(&self, a: &mut GpuMatrix, s: &GpuVector) -> Result<()> {
         backend::check_same_len(a.cols, s.len)?;
-        self.blas2.scale_columns(&self.ctx, a, s)
+        self.blas2()?.scale_columns(&self.ctx, a, s)
     }
 
     fn gram_block(&self, k: &mut GpuMatrix, a: &GpuMatrix, b: &GpuMatrix, row0: usize, col0: usize) -> Result<()> {
         backend::check_gram((k.rows, k.cols), (a.rows, a.cols), (b.rows, b.cols), row0, col0)?;
-        self.blas2.gram_block(&self.ctx, k, a, b, row0, col0)
+        self.blas2()?.gram_block(&self.ctx, k, a, b, row0, col0)
     }
 }

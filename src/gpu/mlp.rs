@@ -935,7 +935,7 @@ impl MlpOps for Gpu {
     type Batch = GpuBatch;
 
     fn upload_batch(&self, mlp: &Mlp, x: &[f32], targets: &[f32]) -> Result<GpuBatch> {
-        self.mlp.upload(&self.ctx, mlp, x, targets)
+        self.mlp()?.upload(&self.ctx, mlp, x, targets)
     }
 
     fn batch_size(&self, batch: &GpuBatch) -> usize {
@@ -943,15 +943,15 @@ impl MlpOps for Gpu {
     }
 
     fn forward(&self, mlp: &Mlp, theta: &GpuVector, batch: &mut GpuBatch) -> Result<()> {
-        self.mlp.forward(&self.ctx, mlp, theta, batch)
+        self.mlp()?.forward(&self.ctx, mlp, theta, batch)
     }
 
     fn outputs(&self, mlp: &Mlp, batch: &GpuBatch) -> Result<Vec<f32>> {
-        self.mlp.outputs(&self.ctx, mlp, batch)
+        self.mlp()?.outputs(&self.ctx, mlp, batch)
     }
 
     fn batch_loss(&self, mlp: &Mlp, batch: &GpuBatch) -> Result<BatchLoss> {
-        self.mlp.batch_loss(&self.ctx, mlp, batch)
+        self.mlp()?.batch_loss(&self.ctx, mlp, batch)
     }
 
     fn gradient(
@@ -962,7 +962,7 @@ impl MlpOps for Gpu {
         weight_decay: f32,
         g: &mut GpuVector,
     ) -> Result<()> {
-        self.mlp.gradient(&self.ctx, mlp, theta, batch, weight_decay, g)
+        self.mlp()?.gradient(&self.ctx, mlp, theta, batch, weight_decay, g)
     }
 
     fn score_rows(
@@ -976,7 +976,8 @@ impl MlpOps for Gpu {
         out: &mut GpuMatrix,
     ) -> Result<()> {
         backend::check_score_rows(mlp, self.batch_size(batch), kind, &rows, (out.rows, out.cols))?;
-        self.mlp.score_rows(&self.ctx, mlp, theta, batch, kind, key, rows, out)
+        self.mlp()?
+            .score_rows(&self.ctx, mlp, theta, batch, kind, key, rows, out)
     }
 
     fn fisher_product(
@@ -991,7 +992,7 @@ impl MlpOps for Gpu {
         y: &mut GpuVector,
     ) -> Result<()> {
         backend::check_fisher_kind(kind)?;
-        self.mlp
+        self.mlp()?
             .fisher_product(&self.ctx, mlp, theta, batch, kind, key, v, scale, y)
     }
 
@@ -1005,7 +1006,7 @@ impl MlpOps for Gpu {
         v: &GpuVector,
     ) -> Result<f64> {
         backend::check_fisher_kind(kind)?;
-        self.mlp.fisher_quad(&self.ctx, mlp, theta, batch, kind, key, v)
+        self.mlp()?.fisher_quad(&self.ctx, mlp, theta, batch, kind, key, v)
     }
 
     fn damped_fisher_quad(
@@ -1020,9 +1021,9 @@ impl MlpOps for Gpu {
     ) -> Result<f64> {
         backend::check_fisher_kind(kind)?;
         backend::check_same_len(v.len, diag.len)?;
-        self.mlp.damped_fisher_quad(
+        self.mlp()?.damped_fisher_quad(
             &self.ctx,
-            Some(&self.linalg),
+            Some(self.linalg()?),
             mlp,
             theta,
             batch,
@@ -1045,8 +1046,8 @@ impl MlpOps for Gpu {
         if let Some(w) = weight_mask {
             backend::check_same_len(w.len, theta.len)?;
         }
-        self.mlp
-            .step_scalars(&self.ctx, &self.linalg, mlp, batch, g, theta, weight_mask)
+        self.mlp()?
+            .step_scalars(&self.ctx, self.linalg()?, mlp, batch, g, theta, weight_mask)
     }
 
     fn kfac_factors(
@@ -1061,7 +1062,7 @@ impl MlpOps for Gpu {
     ) -> Result<()> {
         backend::check_fisher_kind(kind)?;
         backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
-        self.mlp.kfac_factors(&self.ctx, mlp, theta, batch, kind, key, a, s)
+        self.mlp()?.kfac_factors(&self.ctx, mlp, theta, batch, kind, key, a, s)
     }
 
     fn kronecker_product(
@@ -1073,7 +1074,7 @@ impl MlpOps for Gpu {
         y: &mut GpuVector,
     ) -> Result<()> {
         backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
-        self.mlp.kronecker_product(&self.ctx, mlp, s, a, x, y)
+        self.mlp()?.kronecker_product(&self.ctx, mlp, s, a, x, y)
     }
 }
 

@@ -27,6 +27,8 @@ pub use mlp::GpuBatch;
 
 use crate::backend::{self, Buffers};
 use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
 use shader::Variant;
 
 /// Choices that specialise the kernels; the defaults follow the adapter.
@@ -51,19 +53,42 @@ impl Default for GpuOptions {
     }
 }
 
-/// A GPU device with natgrad's kernels compiled for it.
+/// A kernel family, compiled on first use: a run pays only for the kernels it dispatches (on
+/// drivers that compile at pipeline creation, the ones it never uses would otherwise cost
+/// start-up time).
+struct Lazy<T>(OnceLock<T>);
+
+impl<T> Lazy<T> {
+    fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    fn get(&self, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+        if let Some(family) = self.0.get() {
+            return Ok(family);
+        }
+        let family = make()?;
+        Ok(self.0.get_or_init(|| family))
+    }
+}
+
+/// A GPU device and natgrad's kernels for it, each family compiled when first used.
 pub struct Gpu {
     ctx: GpuContext,
-    fisher: fisher::FisherKernel,
+    fisher: Lazy<fisher::FisherKernel>,
     /// the matrix product; on CPU adapters it also builds the Fisher (see `fisher.rs`)
-    matmul: matmul::MatmulKernel,
-    linalg: linalg::LinalgKernels,
-    cg: cg::CgKernels,
-    pcg: pcg::PcgKernels,
-    mlp: mlp::MlpKernels,
-    optim: optim::OptimKernels,
-    blas2: blas2::Blas2Kernels,
+    matmul: Lazy<matmul::MatmulKernel>,
+    linalg: Lazy<linalg::LinalgKernels>,
+    cg: Lazy<cg::CgKernels>,
+    pcg: Lazy<pcg::PcgKernels>,
+    mlp: Lazy<mlp::MlpKernels>,
+    optim: Lazy<optim::OptimKernels>,
+    blas2: Lazy<blas2::Blas2Kernels>,
+    /// the specialisation the kernels are compiled to
+    variant: Variant,
     subgroups: bool,
+    fisher_blocking: u32,
+    direct_matmul: bool,
 }
 
 impl Gpu {
@@ -72,29 +97,76 @@ impl Gpu {
         Self::with_context(GpuContext::open(adapter)?, GpuOptions::default())
     }
 
-    /// Compiles the kernels for `ctx`.
+    /// natgrad's kernels for `ctx`, specialised by `options` (each family is compiled when a
+    /// run first uses it; [`Gpu::compile_all`] compiles them all now).
     pub fn with_context(ctx: GpuContext, options: GpuOptions) -> Result<Self> {
         let subgroups = options.subgroups && ctx.has_subgroups();
-        let variant = Variant::default().define("SUBGROUPS", subgroups);
-        let linalg_variant = Variant::default().define("SUBGROUPS", subgroups);
-        let nb = options
-            .fisher_blocking
-            .unwrap_or_else(|| fisher::default_blocking(&ctx.info));
-        let linalg = linalg::LinalgKernels::new(&ctx, &linalg_variant)?;
-        let direct = options.direct_matmul.unwrap_or(!context::is_hardware(&ctx.info));
-        let matmul = matmul::MatmulKernel::new(&ctx, direct)?;
         Ok(Self {
-            fisher: fisher::FisherKernel::new(&ctx, nb)?,
-            cg: cg::CgKernels::new(&ctx, &variant, &linalg)?,
-            pcg: pcg::PcgKernels::new(&ctx, &variant)?,
-            mlp: mlp::MlpKernels::new(&ctx, &linalg_variant, &matmul)?,
-            optim: optim::OptimKernels::new(&ctx)?,
-            blas2: blas2::Blas2Kernels::new(&ctx, &linalg_variant, &matmul)?,
-            matmul,
-            linalg,
+            fisher: Lazy::new(),
+            matmul: Lazy::new(),
+            linalg: Lazy::new(),
+            cg: Lazy::new(),
+            pcg: Lazy::new(),
+            mlp: Lazy::new(),
+            optim: Lazy::new(),
+            blas2: Lazy::new(),
+            variant: Variant::default().define("SUBGROUPS", subgroups),
             subgroups,
+            fisher_blocking: options
+                .fisher_blocking
+                .unwrap_or_else(|| fisher::default_blocking(&ctx.info)),
+            direct_matmul: options.direct_matmul.unwrap_or(!context::is_hardware(&ctx.info)),
             ctx,
         })
+    }
+
+    /// Compiles every kernel family now: a kernel that cannot be built on this adapter is then
+    /// an error here rather than at its first use.
+    pub fn compile_all(&self) -> Result<()> {
+        self.fisher()?;
+        self.cg()?;
+        self.pcg()?;
+        self.mlp()?;
+        self.optim()?;
+        self.blas2()?;
+        Ok(())
+    }
+
+    fn fisher(&self) -> Result<&fisher::FisherKernel> {
+        self.fisher
+            .get(|| fisher::FisherKernel::new(&self.ctx, self.fisher_blocking))
+    }
+
+    fn matmul(&self) -> Result<&matmul::MatmulKernel> {
+        self.matmul
+            .get(|| matmul::MatmulKernel::new(&self.ctx, self.direct_matmul))
+    }
+
+    fn linalg(&self) -> Result<&linalg::LinalgKernels> {
+        self.linalg.get(|| linalg::LinalgKernels::new(&self.ctx, &self.variant))
+    }
+
+    fn cg(&self) -> Result<&cg::CgKernels> {
+        self.cg
+            .get(|| cg::CgKernels::new(&self.ctx, &self.variant, self.linalg()?))
+    }
+
+    fn pcg(&self) -> Result<&pcg::PcgKernels> {
+        self.pcg.get(|| pcg::PcgKernels::new(&self.ctx, &self.variant))
+    }
+
+    fn mlp(&self) -> Result<&mlp::MlpKernels> {
+        self.mlp
+            .get(|| mlp::MlpKernels::new(&self.ctx, &self.variant, self.matmul()?))
+    }
+
+    fn optim(&self) -> Result<&optim::OptimKernels> {
+        self.optim.get(|| optim::OptimKernels::new(&self.ctx))
+    }
+
+    fn blas2(&self) -> Result<&blas2::Blas2Kernels> {
+        self.blas2
+            .get(|| blas2::Blas2Kernels::new(&self.ctx, &self.variant, self.matmul()?))
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -108,7 +180,7 @@ impl Gpu {
 
     /// Edge of the Fisher tile one workgroup computes.
     pub fn fisher_tile(&self) -> u32 {
-        self.fisher.tile()
+        fisher::tile(self.fisher_blocking)
     }
 
     /// Records an operation into the open recording (see [`engine`]); nothing is submitted.
@@ -220,13 +292,13 @@ impl Buffers for Gpu {
     fn copy_range(&self, src: &GpuVector, src0: usize, dst: &mut GpuVector, dst0: usize, len: usize) -> Result<()> {
         backend::check_range("source range", src0, len, src.len)?;
         backend::check_range("target range", dst0, len, dst.len)?;
-        self.blas2.copy_range(&self.ctx, src, src0, dst, dst0, len)
+        self.blas2()?.copy_range(&self.ctx, src, src0, dst, dst0, len)
     }
 
     fn copy_columns(&self, src: &GpuMatrix, col0: usize, dst: &mut GpuMatrix) -> Result<()> {
         backend::check_same_len(src.rows, dst.rows)?;
         backend::check_range("columns", col0, dst.cols, src.cols)?;
-        self.blas2.copy_columns(&self.ctx, src, col0, dst)
+        self.blas2()?.copy_columns(&self.ctx, src, col0, dst)
     }
 
     fn synchronize(&self) -> Result<()> {

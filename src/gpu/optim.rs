@@ -129,7 +129,7 @@ impl OptimOps for Gpu {
         backend::check_same_len(theta.len, g.len)?;
         backend::check_same_len(theta.len, velocity.len)?;
         self.submit(|encoder| {
-            self.optim
+            self.optim()?
                 .record_sgd(&self.ctx, encoder, theta, g, velocity, lr, momentum)
         })
     }
@@ -145,6 +145,6 @@ impl OptimOps for Gpu {
         for len in [g.len, m.len, v.len] {
             backend::check_same_len(theta.len, len)?;
         }
-        self.submit(|encoder| self.optim.record_adam(&self.ctx, encoder, theta, g, m, v, step))
+        self.submit(|encoder| self.optim()?.record_adam(&self.ctx, encoder, theta, g, m, v, step))
     }
 }

@@ -30,7 +30,7 @@ fn context() -> GpuContext {
 
 /// The best GPU adapter with default kernels.
 pub fn gpu() -> Gpu {
-    Gpu::with_context(context(), GpuOptions::default()).expect("natgrad's kernels compile on this adapter")
+    Gpu::with_context(context(), GpuOptions::default()).expect("a GPU device opens on this adapter")
 }
 
 /// The best adapter with both matrix-product kernels in turn: staged through workgroup memory
@@ -43,7 +43,7 @@ pub fn gpu_per_matmul() -> Vec<Gpu> {
                 direct_matmul: Some(direct),
                 ..GpuOptions::default()
             };
-            Gpu::with_context(context(), options).expect("natgrad's kernels compile on this adapter")
+            Gpu::with_context(context(), options).expect("a GPU device opens on this adapter")
         })
         .collect()
 }
@@ -64,7 +64,7 @@ pub fn gpu_variants() -> Vec<Gpu> {
                     direct_matmul: Some((nb == 1) != subgroups),
                 },
             )
-            .expect("natgrad's kernels compile on this adapter");
+            .expect("a GPU device opens on this adapter");
             if subgroups && !gpu.uses_subgroups() {
                 eprintln!("adapter has no subgroups: the subgroup variant is not run");
                 continue;
