@@ -61,6 +61,12 @@ pub struct SyncCounts {
 }
 
 impl SyncCounts {
+    /// Adds `submissions` and `host_syncs`.
+    pub fn add(&mut self, submissions: u64, host_syncs: u64) {
+        self.submissions += submissions;
+        self.host_syncs += host_syncs;
+    }
+
     /// The counts from `before` to `self`.
     pub fn since(self, before: SyncCounts) -> SyncCounts {
         SyncCounts {

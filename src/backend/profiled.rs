@@ -1,8 +1,9 @@
-//! Where a step's time goes: [`Profiled`] wraps a backend, waits for the device after every call
-//! and charges the wall time to the phase the training code labelled the call with
-//! ([`Buffers::begin_phase`]) — forward, gradient, scores, Fisher, solve, update. Waiting
-//! serialises the GPU's queue, so a profiled run is a little slower than a plain one; it is for
-//! `natgrad train --profile`, not for timing records. Matrix-free CG runs its host loop under
+//! Where a step's time goes: [`Profiled`] wraps a backend, times every call on the device's clock
+//! (GPU timestamps where the adapter has them; else the host's, after waiting for the device) and
+//! charges it to the phase the training code labelled the call with ([`Buffers::begin_phase`]) —
+//! forward, gradient, scores, Fisher, solve, update. Waiting serialises the GPU's queue, so a
+//! profiled run is a little slower than a plain one; it is for `natgrad train --profile`, not
+//! for timing records. Matrix-free CG runs its host loop under
 //! it, each iteration's operations timed in the solve.
 
 use std::cell::{Cell, RefCell};
@@ -42,8 +43,8 @@ impl Phases {
 pub struct Profiled<'b, B: Backend> {
     inner: &'b B,
     phases: RefCell<Phases>,
-    /// the waits (each one submission and one host sync) profiling itself added
-    own_syncs: RefCell<u64>,
+    /// the submissions and waits profiling itself added
+    own: RefCell<SyncCounts>,
     /// the phase the training code said its work is in
     current: Cell<Phase>,
     /// inside a device's solve: calls pass through untimed
@@ -74,7 +75,7 @@ impl<'b, B: Backend> Profiled<'b, B> {
         Self {
             inner,
             phases: RefCell::new(Phases::default()),
-            own_syncs: RefCell::new(0),
+            own: RefCell::new(SyncCounts::default()),
             current: Cell::new(Phase::Forward),
             quiet: Cell::new(false),
         }
@@ -92,11 +93,29 @@ impl<'b, B: Backend> Profiled<'b, B> {
             return f();
         }
         let start = Instant::now();
-        let value = f()?;
-        self.inner.synchronize()?;
-        *self.own_syncs.borrow_mut() += 1;
-        self.phases.borrow_mut().0[self.current.get().index()] += start.elapsed().as_secs_f64();
-        Ok(value)
+        let mut f = Some(f);
+        let mut value = None;
+        // on the device's clock where it has one (GPU timestamps: a submission before the work
+        // and one after, with one wait), else the host's after waiting for the device
+        let device_ms = self.inner.time_device(&mut || {
+            let f = f.take().expect("time_device runs its work once");
+            value = Some(f()?);
+            Ok(())
+        })?;
+        let seconds = match device_ms {
+            Some(ms) => {
+                self.own.borrow_mut().add(2, 1);
+                ms / 1e3
+            }
+            None => {
+                self.inner.synchronize()?;
+                // on a device that counts nothing, there is nothing to subtract
+                self.own.borrow_mut().add(1, 1);
+                start.elapsed().as_secs_f64()
+            }
+        };
+        self.phases.borrow_mut().0[self.current.get().index()] += seconds;
+        value.ok_or_else(|| crate::error::Error::Gpu("a profiled operation did not run".into()))
     }
 }
 
@@ -155,11 +174,8 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
 
     /// The device's counts less the waits profiling added: what the same run makes unprofiled.
     fn sync_counts(&self) -> Option<SyncCounts> {
-        let own = *self.own_syncs.borrow();
-        self.inner.sync_counts().map(|c| SyncCounts {
-            submissions: c.submissions - own,
-            host_syncs: c.host_syncs - own,
-        })
+        let own = *self.own.borrow();
+        self.inner.sync_counts().map(|c| c.since(own))
     }
 
     fn shape(&self, m: &B::Matrix) -> (usize, usize) {

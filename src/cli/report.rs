@@ -11,7 +11,7 @@ pub fn finished(summary: &Summary, out: &std::path::Path) {
             .filter_map(|name| profile.get(*name).map(|ms| format!("{name} {ms:.2}")))
             .collect();
         println!(
-            "time per step (ms, mean of {}, each operation waited for): {}; total {:.2}",
+            "time per step (ms, mean of {}; each operation waited for, on the device's clock where it has one): {}; total {:.2}",
             summary.steps,
             phases.join(", "),
             profile.values().sum::<f64>()
