@@ -131,21 +131,22 @@ fn matmul(
     }
     let n = n0 + 4u * tx;
     let m = m0 + 4u * ty;
-    store_row(m, n, wg.z, acc0);
-    store_row(m + 1u, n, wg.z, acc1);
-    store_row(m + 2u, n, wg.z, acc2);
-    store_row(m + 3u, n, wg.z, acc3);
+    store_row(m, n, 1u, wg.z, acc0);
+    store_row(m + 1u, n, 1u, wg.z, acc1);
+    store_row(m + 2u, n, 1u, wg.z, acc2);
+    store_row(m + 3u, n, 1u, wg.z, acc3);
 }
 
-// C(m, n .. n + 4) = α·v (+ β·C), within C's bounds; in split-k, into slice z of the scratch.
-fn store_row(m: u32, n: u32, z: u32, v: vec4<f32>) {
+// C(m, n + step·j) = α·v[j] (+ β·C) for j < 4, within C's bounds; in split-k, into slice z of
+// the scratch.
+fn store_row(m: u32, n: u32, step: u32, z: u32, v: vec4<f32>) {
     if m >= params.m {
         return;
     }
     store(m, n, z, v.x);
-    store(m, n + 1u, z, v.y);
-    store(m, n + 2u, z, v.z);
-    store(m, n + 3u, z, v.w);
+    store(m, n + step, z, v.y);
+    store(m, n + 2u * step, z, v.z);
+    store(m, n + 3u * step, z, v.w);
 }
 
 fn store(m: u32, n: u32, z: u32, value: f32) {
@@ -234,22 +235,12 @@ fn matmul_direct(
         acc2 = fma(vec4<f32>(a[a2 + ka]), bv, acc2);
         acc3 = fma(vec4<f32>(a[a3 + ka]), bv, acc3);
     }
-    store_spread(m, n, wg.z, acc0);
-    store_spread(m + 1u, n, wg.z, acc1);
-    store_spread(m + 2u, n, wg.z, acc2);
-    store_spread(m + 3u, n, wg.z, acc3);
+    store_row(m, n, 8u, wg.z, acc0);
+    store_row(m + 1u, n, 8u, wg.z, acc1);
+    store_row(m + 2u, n, 8u, wg.z, acc2);
+    store_row(m + 3u, n, 8u, wg.z, acc3);
 }
 
-// C(m, n + 8j) = α·v[j] (+ β·C) for j < 4, within C's bounds.
-fn store_spread(m: u32, n: u32, z: u32, v: vec4<f32>) {
-    if m >= params.m {
-        return;
-    }
-    store(m, n, z, v.x);
-    store(m, n + 8u, z, v.y);
-    store(m, n + 16u, z, v.z);
-    store(m, n + 24u, z, v.w);
-}
 
 // The product for CPU adapters when C is wide: a workgroup of 64 invocations takes 8 rows of C,
 // the same for all of them, and 256 columns, invocation i the columns n0 + i + 64j (j < 4). The
@@ -298,23 +289,13 @@ fn matmul_rows(
         acc6 = fma(vec4<f32>(a[rows[6] + ka]), bv, acc6);
         acc7 = fma(vec4<f32>(a[rows[7] + ka]), bv, acc7);
     }
-    store_every64(m, n, wg.z, acc0);
-    store_every64(m + 1u, n, wg.z, acc1);
-    store_every64(m + 2u, n, wg.z, acc2);
-    store_every64(m + 3u, n, wg.z, acc3);
-    store_every64(m + 4u, n, wg.z, acc4);
-    store_every64(m + 5u, n, wg.z, acc5);
-    store_every64(m + 6u, n, wg.z, acc6);
-    store_every64(m + 7u, n, wg.z, acc7);
+    store_row(m, n, 64u, wg.z, acc0);
+    store_row(m + 1u, n, 64u, wg.z, acc1);
+    store_row(m + 2u, n, 64u, wg.z, acc2);
+    store_row(m + 3u, n, 64u, wg.z, acc3);
+    store_row(m + 4u, n, 64u, wg.z, acc4);
+    store_row(m + 5u, n, 64u, wg.z, acc5);
+    store_row(m + 6u, n, 64u, wg.z, acc6);
+    store_row(m + 7u, n, 64u, wg.z, acc7);
 }
 
-// C(m, n + 64j) = α·v[j] (+ β·C) for j < 4, within C's bounds.
-fn store_every64(m: u32, n: u32, z: u32, v: vec4<f32>) {
-    if m >= params.m {
-        return;
-    }
-    store(m, n, z, v.x);
-    store(m, n + 64u, z, v.y);
-    store(m, n + 128u, z, v.z);
-    store(m, n + 192u, z, v.w);
-}

@@ -98,7 +98,9 @@ impl<'b, B: Backend> Profiled<'b, B> {
         // on the device's clock where it has one (GPU timestamps: a submission before the work
         // and one after, with one wait), else the host's after waiting for the device
         let device_ms = self.inner.time_device(&mut || {
-            let f = f.take().expect("time_device runs its work once");
+            let f = f
+                .take()
+                .ok_or_else(|| crate::error::Error::Gpu("a profiled operation was asked to run twice".into()))?;
             value = Some(f()?);
             Ok(())
         })?;

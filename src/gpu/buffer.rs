@@ -223,31 +223,8 @@ impl GpuContext {
     /// Several ranges `(buffer, offset, size)` read back together after all recorded work: one
     /// submission and one host wait, however many values the host needs.
     pub fn read_back_many(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
-        let total: u64 = ranges.iter().map(|r| r.2).sum();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size: total.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.record(|e| {
-            let mut at = 0;
-            for &(buffer, offset, size) in ranges {
-                e.copy_buffer_to_buffer(buffer, offset, &staging, at, size);
-                at += size;
-            }
-        });
-        let index = self.flush()?;
-        let all: Vec<u8> = self.map_staging(&staging, index)?;
-        let mut at = 0usize;
-        Ok(ranges
-            .iter()
-            .map(|r| {
-                let part = all[at..at + r.2 as usize].to_vec();
-                at += r.2 as usize;
-                part
-            })
-            .collect())
+        let later = self.read_later(ranges);
+        self.collect(later)
     }
 
     /// Records copies of the ranges into one staging buffer, mapped after the next submission:

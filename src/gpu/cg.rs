@@ -61,51 +61,26 @@ pub struct CgKernels {
     final_state: wgpu::ComputePipeline,
 }
 
-/// The bindings of `cg.wgsl`, in order: (read-only, is uniform).
-const BINDINGS: [(bool, bool); 10] = [
-    (true, true),   // params
-    (true, false),  // g
-    (false, false), // d
-    (false, false), // r
-    (false, false), // s
-    (true, false),  // q
-    (false, false), // partial
-    (true, false),  // state_in
-    (false, false), // state_out
-    (false, false), // next_args
+/// The bindings of `cg.wgsl`: (binding, read-only, is uniform).
+const BINDINGS: [(u32, bool, bool); 10] = [
+    (0, true, true),   // params
+    (1, true, false),  // g
+    (2, false, false), // d
+    (3, false, false), // r
+    (4, false, false), // s
+    (5, true, false),  // q
+    (6, false, false), // partial
+    (7, true, false),  // state_in
+    (8, false, false), // state_out
+    (9, false, false), // next_args
 ];
 
 impl CgKernels {
     pub fn new(ctx: &GpuContext, variant: &Variant, linalg: &LinalgKernels) -> Result<Self> {
         let module = kernel::compile(ctx, "cg", variant)?;
         // One explicit layout for every entry point, so one bind group per parity serves them all.
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
-            .iter()
-            .enumerate()
-            .map(|(i, &(read_only, uniform))| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: if uniform {
-                        wgpu::BufferBindingType::Uniform
-                    } else {
-                        wgpu::BufferBindingType::Storage { read_only }
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
-            .collect();
-        let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("cg"),
-            entries: &entries,
-        });
-        let pipeline_layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("cg"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
+        let layout = kernel::buffer_layout(ctx, "cg", &BINDINGS);
+        let pipeline_layout = kernel::pipeline_layout(ctx, "cg", &layout);
         let p = |entry| kernel::pipeline(ctx, &module, entry, Some(&pipeline_layout));
         Ok(Self {
             init: p("cg_init")?,

@@ -50,6 +50,42 @@ pub fn pipeline(
     })
 }
 
+/// An explicit bind-group layout of buffers, `(binding, read-only, is uniform)` each: for kernel
+/// files whose entry points share one bind group (a derived layout holds only the bindings its
+/// entry point uses).
+pub fn buffer_layout(ctx: &GpuContext, label: &str, bindings: &[(u32, bool, bool)]) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .map(|&(binding, read_only, uniform)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: if uniform {
+                    wgpu::BufferBindingType::Uniform
+                } else {
+                    wgpu::BufferBindingType::Storage { read_only }
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &entries,
+    })
+}
+
+/// The pipeline layout of one bind group, `layout`.
+pub fn pipeline_layout(ctx: &GpuContext, label: &str, layout: &wgpu::BindGroupLayout) -> wgpu::PipelineLayout {
+    ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    })
+}
+
 /// The bind group of `pipeline`'s group 0 with `buffers[i]` at binding i (cached by the engine).
 pub fn bind(
     ctx: &GpuContext,

@@ -232,16 +232,8 @@ impl Buffers for Gpu {
     }
 
     fn download_matrices(&self, ms: &[&GpuMatrix]) -> Result<Vec<Vec<f32>>> {
-        let ranges: Vec<_> = ms
-            .iter()
-            .map(|m| (&m.buffer, 0, (m.rows * m.ld() * 4) as u64))
-            .collect();
-        let bytes = self.ctx.read_back_many(&ranges)?;
-        Ok(ms
-            .iter()
-            .zip(bytes)
-            .map(|(m, b)| buffer::unpad(m, bytemuck::pod_collect_to_vec(&b)))
-            .collect())
+        let pending = self.download_matrices_later(ms)?;
+        self.collect(pending)
     }
 
     fn download_matrices_later(&self, ms: &[&GpuMatrix]) -> Result<buffer::PendingMatrices> {

@@ -72,30 +72,6 @@ const GATE: [(u32, bool, bool); 3] = [
     (11, false, false), // live sizes
 ];
 
-fn layout(ctx: &GpuContext, label: &str, bindings: &[(u32, bool, bool)]) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
-        .iter()
-        .map(|&(binding, read_only, uniform)| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: if uniform {
-                    wgpu::BufferBindingType::Uniform
-                } else {
-                    wgpu::BufferBindingType::Storage { read_only }
-                },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        })
-        .collect();
-    ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(label),
-        entries: &entries,
-    })
-}
-
 pub struct PcgKernels {
     main: wgpu::BindGroupLayout,
     gate_layout: wgpu::BindGroupLayout,
@@ -127,16 +103,10 @@ struct Solve {
 impl PcgKernels {
     pub fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self> {
         let module = kernel::compile(ctx, "pcg", variant)?;
-        let main = layout(ctx, "pcg", &MAIN);
-        let gate_layout = layout(ctx, "pcg gate", &GATE);
-        let pipeline_layout = |l: &wgpu::BindGroupLayout| {
-            ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("pcg"),
-                bind_group_layouts: &[Some(l)],
-                immediate_size: 0,
-            })
-        };
-        let (main_pl, gate_pl) = (pipeline_layout(&main), pipeline_layout(&gate_layout));
+        let main = kernel::buffer_layout(ctx, "pcg", &MAIN);
+        let gate_layout = kernel::buffer_layout(ctx, "pcg gate", &GATE);
+        let main_pl = kernel::pipeline_layout(ctx, "pcg", &main);
+        let gate_pl = kernel::pipeline_layout(ctx, "pcg gate", &gate_layout);
         let p = |entry| kernel::pipeline(ctx, &module, entry, Some(&main_pl));
         Ok(Self {
             init: p("pcg_init")?,
