@@ -39,7 +39,7 @@ RUNS = [
 
 
 def run(natgrad, name, flags, epochs, out):
-    cmd = [natgrad, "train", *WORKLOAD, *flags, "--epochs", str(epochs), "--out", out]
+    cmd = [natgrad, "train", *WORKLOAD, *flags, "--epochs", str(epochs), "--out", out, "--overwrite"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{name}: {' '.join(cmd)} failed: {done.stderr.strip()}")
