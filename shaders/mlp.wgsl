@@ -35,7 +35,8 @@ struct Params {
     ld: u32,
     // bias_act: apply the activation (hidden layers) or not (the output layer)
     apply: u32,
-    pad: u32,
+    // output_seeds: where the batch's first example stands in the whole batch (its draws' key)
+    example0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -132,7 +133,7 @@ fn log_sum_exp(base: u32) -> f32 {
 
 // Uniforms (u1, u2) for a draw: the twin of SampleKey::uniforms.
 fn uniforms(example: u32, draw: u32, output: u32, outputs: u32) -> vec2<f32> {
-    let bits = threefry2x32(vec2<u32>(example, draw * outputs + output), vec2<u32>(params.key0, params.key1));
+    let bits = threefry2x32(vec2<u32>(params.example0 + example, draw * outputs + output), vec2<u32>(params.key0, params.key1));
     return vec2<f32>(uniform01(bits.x), uniform01(bits.y));
 }
 

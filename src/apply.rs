@@ -46,10 +46,7 @@ pub fn fisher<B: Backend>(
         let rows = (end - start) * kind.rows_per_example(mlp.likelihood());
         let part = Part {
             kind,
-            key: SampleKey {
-                seed: seed as u32,
-                step: (start / EVAL_BATCH) as u32,
-            },
+            key: SampleKey::new(seed as u32, (start / EVAL_BATCH) as u32),
             examples_in_total: data.n,
             accumulate: start > 0,
         };

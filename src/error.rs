@@ -82,6 +82,15 @@ pub enum Error {
     )]
     Interrupted { step: usize, dir: String },
 
+    /// Another rank of a data-parallel run failed first; its own error says why.
+    #[error("rank {rank} of the run failed (its error is reported there)")]
+    PeerFailed { rank: usize },
+
+    /// The ranks of a data-parallel run could not go on together: one hung, died, or fell out
+    /// of step with the others.
+    #[error("{0}")]
+    Ranks(String),
+
     /// A value outside its allowed range (a parameter, a flag).
     #[error("invalid {name}: {reason}")]
     InvalidArgument { name: &'static str, reason: String },

@@ -30,6 +30,7 @@ pub mod cpu;
 pub mod curvature;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod gpu;
 pub mod io;

@@ -11,7 +11,7 @@ use natgrad::model::{FisherKind, SampleKey};
 use natgrad::prelude::*;
 use natgrad::{CgParams, Error};
 
-const KEY: SampleKey = SampleKey { seed: 1, step: 2 };
+const KEY: SampleKey = SampleKey::new(1, 2);
 const DAMPING: f32 = 1e-2;
 const DECAY: f32 = 0.05;
 
@@ -61,6 +61,7 @@ fn solve_with<B: Backend>(
         fisher: FisherKind::Exact,
         key: KEY,
         weight_decay: DECAY,
+        ranks: natgrad::dist::Ranks::solo(ys.len()),
     };
     c.build(b, &mut at).unwrap();
     let gv = b.upload_vector("g", g).unwrap();
@@ -148,6 +149,7 @@ fn woodbury_refuses_a_singular_d() {
         fisher: FisherKind::Empirical,
         key: KEY,
         weight_decay: 0.0,
+        ranks: natgrad::dist::Ranks::solo(ys.len()),
     };
     c.build(&cpu, &mut at).unwrap();
     let g = cpu.upload_vector("g", &vec![1.0; mlp.num_params()]).unwrap();

@@ -10,7 +10,7 @@ use natgrad::curvature::{At, CurvatureKind, CurvatureSettings, KfacSettings, Pre
 use natgrad::model::{Activation, FisherKind, Mlp, MlpSpec, SampleKey, reference as model_ref};
 use natgrad::prelude::*;
 
-const KEY: SampleKey = SampleKey { seed: 3, step: 7 };
+const KEY: SampleKey = SampleKey::new(3, 7);
 const KINDS: [FisherKind; 3] = [
     FisherKind::Empirical,
     FisherKind::Sampled { draws: 3 },
@@ -256,6 +256,7 @@ fn check_kfac_solve<B: Backend>(b: &B) {
         fisher: FisherKind::Exact,
         key: KEY,
         weight_decay: 0.0,
+        ranks: natgrad::dist::Ranks::solo(ys.len()),
     };
     c.build(b, &mut at).unwrap();
     let gv = b.upload_vector("g", &g).unwrap();
@@ -351,6 +352,7 @@ fn check_preconditioning<B: Backend>(b: &B, examples: usize) {
             fisher: FisherKind::Exact,
             key: KEY,
             weight_decay: 0.0,
+            ranks: natgrad::dist::Ranks::solo(ys.len()),
         };
         c.build(b, &mut at).unwrap();
         let gv = b.upload_vector("g", &g).unwrap();

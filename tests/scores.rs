@@ -17,7 +17,7 @@ const KINDS: [FisherKind; 3] = [
     FisherKind::Sampled { draws: 3 },
     FisherKind::Exact,
 ];
-const KEY: SampleKey = SampleKey { seed: 7, step: 3 };
+const KEY: SampleKey = SampleKey::new(7, 3);
 
 fn mlp(hidden: Vec<usize>, activation: Activation, likelihood: Likelihood) -> Mlp {
     Mlp::new(MlpSpec {

@@ -69,6 +69,7 @@ impl<B: Backend> Curvature<B> for Blocks<B> {
         })?;
         for (f, layer) in self.fs.iter_mut().zip(&self.layers) {
             scores::add_weight_decay(b, &self.weight_mask[layer.clone()], at.weight_decay, f)?;
+            at.ranks.mean_symmetric(b, "Fisher blocks", f)?;
         }
         Ok(())
     }

@@ -47,7 +47,8 @@ impl<B: Backend> Curvature<B> for DenseFisher<B> {
             at.key,
             at.weight_decay,
             &mut self.f,
-        )
+        )?;
+        at.ranks.mean_symmetric(b, "dense Fisher", &mut self.f)
     }
 
     fn solve(

@@ -46,7 +46,8 @@ impl<B: Backend> Curvature<B> for FisherDiagonal<B> {
         let diag = &mut self.diag;
         scores::for_each_chunk(b, at.mlp, at.theta, at.batch, at.fisher, at.key, chunk, |rows, g| {
             b.column_sq_sums(g, scale, rows.start > 0, diag)
-        })
+        })?;
+        at.ranks.mean_vector(b, "Fisher diagonal", &mut self.diag)
     }
 
     fn solve(

@@ -10,6 +10,7 @@ use faer::{Mat, Side};
 
 use super::{At, Need, Shape};
 use crate::backend::Backend;
+use crate::dist::{Collective, symmetric_from_upper, upper_triangle};
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
 use crate::snapshot::Snapshot;
@@ -172,6 +173,18 @@ impl<B: Backend> KroneckerFactors<B> {
             .into_iter()
             .map(|m| m.into_iter().map(f64::from).collect())
             .collect();
+        if !at.ranks.is_solo() {
+            // the batch's statistics from the ranks' means; symmetric, so only upper triangles move
+            let dims: Vec<usize> = self.dims.iter().map(|d| d.0).chain(self.dims.iter().map(|d| d.1)).collect();
+            let mut packed: Vec<f64> = host.iter().zip(&dims).flat_map(|(m, &d)| upper_triangle(m, d)).collect();
+            at.ranks.mean_f64("K-FAC factors", &mut packed)?;
+            let mut start = 0;
+            for (m, &d) in host.iter_mut().zip(&dims) {
+                let len = d * (d + 1) / 2;
+                *m = symmetric_from_upper(&packed[start..start + len], d);
+                start += len;
+            }
+        }
         let s = host.split_off(self.batch_a.len());
         let a = host;
         if a.iter().chain(&s).flatten().any(|v| !v.is_finite()) {
@@ -199,14 +212,14 @@ impl<B: Backend> KroneckerFactors<B> {
     /// Makes the inverses current for damping γ (λ plus weight decay), once per step: they are
     /// made again every `inverse_every` calls and whenever γ changes. A factor that cannot be
     /// inverted keeps the last inverses and says so; with none yet, the step is refused.
-    pub fn prepare(&mut self, b: &B, mlp: &Mlp, gamma: f32) -> Result<()> {
+    pub fn prepare(&mut self, b: &B, mlp: &Mlp, gamma: f32, comm: &dyn Collective) -> Result<()> {
         let due = self.solves_since_inverse >= self.settings.inverse_every.max(1);
         self.solves_since_inverse = self.solves_since_inverse.saturating_add(1);
         if !due && self.inverses.as_ref().is_some_and(|inv| inv.0 == gamma) {
             return Ok(());
         }
         let made = match self.form {
-            KroneckerForm::Factored => self.factored(b, gamma as f64)?,
+            KroneckerForm::Factored => self.factored(b, gamma as f64, comm)?,
             KroneckerForm::Diagonal => self.diagonal(b, mlp, gamma as f64)?,
         };
         match made {
@@ -234,25 +247,52 @@ impl<B: Backend> KroneckerFactors<B> {
     /// Factored Tikhonov damping (Martens & Grosse 2015, §6.3): `(A + π√γ I)⁻¹` and
     /// `(S + √γ/π I)⁻¹` with `π = √((tr A / dim A) / (tr S / dim S))`, which balances the two
     /// factors' scales. `None` if a factor cannot be inverted; the flag says whether a damping
-    /// had to be raised.
-    fn factored(&self, b: &B, gamma: f64) -> Result<Option<(Inverse<B>, bool)>> {
+    /// had to be raised. Across ranks each factor is inverted by one rank (the largest first, each
+    /// to the least loaded, as KAISA spreads them) and sent to the others.
+    fn factored(&self, b: &B, gamma: f64, comm: &dyn Collective) -> Result<Option<(Inverse<B>, bool)>> {
         let Some((ema_a, ema_s)) = &self.ema else {
             return Err(no_factors());
         };
-        let (mut a, mut s, mut raised) = (Vec::new(), Vec::new(), false);
+        // per layer A then S: (factor, its dimension, its damping)
+        let mut factors: Vec<(&[f64], usize, f64)> = Vec::with_capacity(2 * self.dims.len());
         for ((fa, fs), &(da, ds)) in ema_a.iter().zip(ema_s).zip(&self.dims) {
             let mean_diag = |m: &[f64], dim: usize| (0..dim).map(|i| m[i * dim + i]).sum::<f64>() / dim as f64;
             let (ta, ts) = (mean_diag(fa, da), mean_diag(fs, ds));
             let pi = if ta > 0.0 && ts > 0.0 { (ta / ts).sqrt() } else { 1.0 };
             let root = gamma.sqrt();
-            let (Some((a_inv, used_a)), Some((s_inv, used_s))) =
-                (damped_inverse(fa, da, pi * root), damped_inverse(fs, ds, root / pi))
-            else {
+            factors.push((fa, da, pi * root));
+            factors.push((fs, ds, root / pi));
+        }
+        let owners = owners(&factors.iter().map(|f| f.1).collect::<Vec<_>>(), comm.ranks());
+        // each as [made, raised, inverse…]: first every rank inverts its own, then all are sent
+        let mut made: Vec<Vec<f32>> = factors
+            .iter()
+            .zip(&owners)
+            .map(|(&(m, dim, delta), &owner)| {
+                let mut out = vec![0.0f32; 2 + dim * dim];
+                if owner == comm.rank()
+                    && let Some((inverse, used)) = damped_inverse(m, dim, delta)
+                {
+                    out[0] = 1.0;
+                    out[1] = if used > delta { 1.0 } else { 0.0 };
+                    out[2..].copy_from_slice(&inverse);
+                }
+                out
+            })
+            .collect();
+        let (mut a, mut s, mut raised) = (Vec::new(), Vec::new(), false);
+        for (k, (out, &owner)) in made.iter_mut().zip(&owners).enumerate() {
+            comm.broadcast_f32("K-FAC inverses", owner, out)?;
+            if out[0] == 0.0 {
                 return Ok(None);
-            };
-            raised |= used_a > pi * root || used_s > root / pi;
-            a.push(b.upload_matrix("K-FAC A⁻¹", da, da, &a_inv)?);
-            s.push(b.upload_matrix("K-FAC S⁻¹", ds, ds, &s_inv)?);
+            }
+            raised |= out[1] != 0.0;
+            let dim = factors[k].1;
+            if k % 2 == 0 {
+                a.push(b.upload_matrix("K-FAC A⁻¹", dim, dim, &out[2..])?);
+            } else {
+                s.push(b.upload_matrix("K-FAC S⁻¹", dim, dim, &out[2..])?);
+            }
         }
         Ok(Some((Inverse::Factored { a, s }, raised)))
     }
@@ -365,6 +405,21 @@ impl<B: Backend> KroneckerFactors<B> {
             }),
         }
     }
+}
+
+/// Which rank inverts each factor of dimension `dims[k]`: the largest first, each to the rank with
+/// the least work so far (a Cholesky costs dim³); rank 0 alone in one process.
+fn owners(dims: &[usize], ranks: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..dims.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(dims[k]));
+    let mut load = vec![0f64; ranks.max(1)];
+    let mut owner = vec![0; dims.len()];
+    for k in order {
+        let least = (0..load.len()).min_by(|&i, &j| load[i].total_cmp(&load[j])).unwrap_or(0);
+        owner[k] = least;
+        load[least] += (dims[k] as f64).powi(3);
+    }
+    owner
 }
 
 fn no_factors() -> Error {

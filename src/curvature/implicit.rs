@@ -75,17 +75,22 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
     ) -> Result<CgReport> {
         let gamma = damping + at.weight_decay;
         let diag = self.d.get(b, damping, at.weight_decay)?;
+        // across ranks every product is summed on the host, so the solve is the host's loop (a
+        // GPU's recorded solve cannot stop for them); the ranks run it in step, on equal values
+        let (mlp, ranks) = (at.mlp, at.ranks);
         let mut op = FisherOperator { at, diag };
-        match &mut self.preconditioner {
+        let mut m = match &mut self.preconditioner {
             Some(factors) => {
-                factors.prepare(b, op.at.mlp, gamma)?;
-                let mut m = KfacPreconditioner {
-                    factors,
-                    mlp: op.at.mlp,
-                };
-                b.pcg(&mut op, Some(&mut m), g, d, cg, self.progress)
+                factors.prepare(b, mlp, gamma, ranks.comm)?;
+                Some(KfacPreconditioner { factors, mlp })
             }
-            None => b.pcg(&mut op, None, g, d, cg, self.progress),
+            None => None,
+        };
+        let m = m.as_mut().map(|m| m as &mut dyn Preconditioner<B>);
+        if ranks.is_solo() {
+            b.pcg(&mut op, m, g, d, cg, self.progress)
+        } else {
+            crate::solve::cg_with_progress(b, &mut op, m, g, d, cg, self.progress)
         }
     }
 
@@ -115,7 +120,8 @@ impl<B: Backend> Curvature<B> for MatrixFree<B> {
 /// `dᵀ(F + D)d` by one forward-mode pass (no backward pass): the trust region's measure for every
 /// representation that does not hold F.
 pub(crate) fn quad<B: Backend>(b: &B, at: &mut At<'_, B>, diag: &B::Vector, d: &B::Vector) -> Result<f64> {
-    b.damped_fisher_quad(at.mlp, at.theta, at.batch, at.fisher, at.key, d, diag)
+    let q = b.damped_fisher_quad(at.mlp, at.theta, at.batch, at.fisher, at.key, d, diag)?;
+    at.ranks.mean_scalar("dᵀFd", q)
 }
 
 /// `v ↦ F v + D v`, F the batch's Fisher applied matrix-free.
@@ -129,7 +135,8 @@ impl<B: Backend> Operator<B> for FisherOperator<'_, '_, B> {
         let at = &mut *self.at;
         let n = b.batch_size(at.batch);
         b.fisher_product(at.mlp, at.theta, at.batch, at.fisher, at.key, x, 1.0 / n as f32, y)?;
-        b.scale_add(self.diag, x, 1.0, y)
+        b.scale_add(self.diag, x, 1.0, y)?;
+        at.ranks.mean_vector(b, "Fisher-vector products", y)
     }
 }
 

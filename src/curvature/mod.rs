@@ -25,6 +25,7 @@ pub mod scores;
 mod woodbury;
 
 use crate::backend::{Backend, CgParams, CgReport};
+use crate::dist::Ranks;
 use crate::error::Result;
 use crate::model::{FisherKind, Mlp, SampleKey};
 use crate::snapshot::Snapshot;
@@ -67,7 +68,8 @@ pub enum PreconditionerKind {
 }
 
 /// Where the curvature is taken: the model at θ on a batch whose forward pass at θ is done, the
-/// Fisher's kind and draws' key, and the weight decay whose curvature `wd·D_W` joins F.
+/// Fisher's kind and draws' key, the weight decay whose curvature `wd·D_W` joins F, and the
+/// ranks the batch is split across (a representation's means over the batch go through them).
 pub struct At<'a, B: Backend> {
     pub mlp: &'a Mlp,
     pub theta: &'a B::Vector,
@@ -75,6 +77,7 @@ pub struct At<'a, B: Backend> {
     pub fisher: FisherKind,
     pub key: SampleKey,
     pub weight_decay: f32,
+    pub ranks: Ranks<'a>,
 }
 
 /// A curvature representation on a device: built on a batch, then solved with and measured.

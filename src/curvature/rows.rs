@@ -3,6 +3,7 @@
 
 use super::{At, scores};
 use crate::backend::Backend;
+use crate::dist::Ranks;
 use crate::error::Result;
 use crate::solve::Operator;
 
@@ -37,6 +38,32 @@ impl<B: Backend> HeldRows<B> {
         for (c, rows) in self.chunks.iter_mut().zip(spans) {
             b.score_rows(at.mlp, at.theta, at.batch, at.fisher, at.key, rows, c)?;
         }
+        Ok(())
+    }
+
+    /// Makes these rows every rank's rows, in rank order (G of the whole batch, on every rank):
+    /// the rows are read back, gathered across the ranks, and cut into chunks again.
+    pub fn gather(&mut self, b: &B, ranks: Ranks<'_>) -> Result<()> {
+        if ranks.is_solo() {
+            return Ok(());
+        }
+        let comm = ranks.comm;
+        let p = self.chunks.first().map_or(0, |c| b.shape(c).1);
+        let mut counts = vec![0.0; comm.ranks()];
+        counts[comm.rank()] = self.rows(b) as f64;
+        comm.sum_f64("Woodbury row counts", &mut counts)?;
+        let counts: Vec<usize> = counts.iter().map(|&c| c as usize * p).collect();
+        let local: Vec<f32> = b
+            .download_matrices(&self.chunks.iter().collect::<Vec<_>>())?
+            .concat();
+        let all = comm.gather_f32("Woodbury score rows", &local, &counts)?;
+        let total = all.len() / p.max(1);
+        let spans = scores::spans(total, scores::chunk_rows(b, p, total)?);
+        self.chunks = spans
+            .iter()
+            .map(|s| b.upload_matrix("score rows G", s.len(), p, &all[s.start * p..s.end * p]))
+            .collect::<Result<_>>()?;
+        self.n = ranks.total;
         Ok(())
     }
 

@@ -48,7 +48,9 @@ struct WoodburySystem<B: Backend> {
 
 impl<B: Backend> Curvature<B> for WoodburySystem<B> {
     fn build(&mut self, b: &B, at: &mut At<'_, B>) -> Result<()> {
-        self.rows.build(b, at)
+        self.rows.build(b, at)?;
+        // the small system couples every pair of rows: each rank holds all of them
+        self.rows.gather(b, at.ranks)
     }
 
     /// With S = D^{-1/2} and G̃ = G S, `d = S (S g − G̃ᵀ u)` for `(nI + G̃G̃ᵀ) u = G̃ S g`.

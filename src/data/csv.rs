@@ -18,6 +18,20 @@ pub struct Table {
 
 /// Parses CSV text; `source` names it in errors (the path, or a built-in dataset's name).
 pub fn parse(source: &str, text: &str) -> std::result::Result<Table, DataError> {
+    parse_rows(source, text, Rows::Whole)
+}
+
+/// What the text parsed is of its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// the whole file: a header is allowed, and no data rows is an error
+    Whole,
+    /// a part of it: the first part may hold the header; any part may hold no rows
+    Part { first: bool },
+}
+
+fn parse_rows(source: &str, text: &str, rows_of: Rows) -> std::result::Result<Table, DataError> {
+    let header_allowed = matches!(rows_of, Rows::Whole | Rows::Part { first: true });
     let err = |line: u64, msg: String| DataError {
         source: source.to_owned(),
         line: Some(line),
@@ -44,7 +58,7 @@ pub fn parse(source: &str, text: &str) -> std::result::Result<Table, DataError> 
         }
         let numbers: Vec<std::result::Result<f64, _>> = record.iter().map(|cell| cell.parse::<f64>()).collect();
         // a first row of nothing but non-numbers is a header; a mixed one is a bad data row
-        if rows == 0 && header.is_none() && numbers.iter().all(|n| n.is_err()) {
+        if header_allowed && rows == 0 && header.is_none() && numbers.iter().all(|n| n.is_err()) {
             header = Some(record.iter().map(str::to_owned).collect::<Vec<_>>());
             cols = record.len();
             continue;
@@ -81,7 +95,7 @@ pub fn parse(source: &str, text: &str) -> std::result::Result<Table, DataError> 
         }
         rows += 1;
     }
-    if rows == 0 {
+    if rows == 0 && rows_of == Rows::Whole {
         return Err(DataError {
             source: source.to_owned(),
             line: None,
@@ -108,9 +122,99 @@ pub fn read(path: &Path) -> Result<Table> {
     Ok(parse(&source, &text)?)
 }
 
+/// The rows of part `part` of `parts` of a CSV file, reading only that part: the file's bytes
+/// are cut into `parts` equal ranges, and a row belongs to the part holding its first byte.
+/// Errors name the file's own line numbers (counted, only then, over the bytes before the part).
+/// A part may hold no rows; the first holds the header if there is one. Cells must not hold
+/// quoted line breaks (a table of numbers has none).
+pub fn read_part(path: &Path, part: usize, parts: usize) -> Result<Table> {
+    use std::io::{BufRead, Read, Seek, SeekFrom};
+    let source = path.display().to_string();
+    let fail = |e: std::io::Error| DataError {
+        source: source.clone(),
+        line: None,
+        msg: format!("cannot read: {e}"),
+    };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(fail)?);
+    let size = file.get_ref().metadata().map_err(fail)?.len();
+    let parts = parts.max(1) as u64;
+    // where the first row starting at or after `at` starts
+    let mut row_start = |at: u64| -> std::io::Result<u64> {
+        if at == 0 || at >= size {
+            return Ok(at.min(size));
+        }
+        file.seek(SeekFrom::Start(at - 1))?;
+        let mut skipped = Vec::new();
+        let n = file.read_until(b'\n', &mut skipped)? as u64;
+        Ok(at - 1 + n)
+    };
+    let start = row_start(size * part as u64 / parts).map_err(fail)?;
+    let end = row_start(size * (part as u64 + 1) / parts).map_err(fail)?;
+    let mut bytes = vec![0u8; (end - start) as usize];
+    file.seek(SeekFrom::Start(start)).map_err(fail)?;
+    file.read_exact(&mut bytes).map_err(fail)?;
+    let text = String::from_utf8(bytes).map_err(|e| DataError {
+        source: source.clone(),
+        line: None,
+        msg: format!("not UTF-8 text near byte {}", start + e.utf8_error().valid_up_to() as u64),
+    })?;
+    parse_rows(&source, &text, Rows::Part { first: start == 0 }).map_err(|mut e| {
+        // the part's line numbers are its own: add the lines of the file before it
+        if let Some(line) = e.line.as_mut() {
+            *line += lines_before(path, start).unwrap_or(0);
+        }
+        e.into()
+    })
+}
+
+/// Line breaks among a file's first `bytes` bytes.
+fn lines_before(path: &Path, bytes: u64) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut prefix = Vec::new();
+    std::fs::File::open(path)?.take(bytes).read_to_end(&mut prefix)?;
+    Ok(prefix.iter().filter(|&&b| b == b'\n').count() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_of_a_file_hold_its_rows_once_each_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut text = String::from("a,b,label\n");
+        for i in 0..37 {
+            text.push_str(&format!("{i},{},{}\n", i * i, i % 3));
+            if i % 7 == 0 {
+                text.push('\n');
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let whole = read(&path).unwrap();
+        for parts in [1, 2, 3, 5, 64] {
+            let tables: Vec<Table> = (0..parts).map(|p| read_part(&path, p, parts).unwrap()).collect();
+            let labels: Vec<f64> = tables.iter().flat_map(|t| t.labels.clone()).collect();
+            let features: Vec<f64> = tables.iter().flat_map(|t| t.features.clone()).collect();
+            assert_eq!(labels, whole.labels, "{parts} parts");
+            assert_eq!(features, whole.features, "{parts} parts");
+            assert!(tables[0].header.is_some());
+        }
+    }
+
+    #[test]
+    fn a_part_names_the_files_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.csv");
+        let mut text = String::new();
+        for i in 0..40 {
+            text.push_str(&format!("{i},{}\n", i % 2));
+        }
+        text.push_str("x,1\n");
+        std::fs::write(&path, &text).unwrap();
+        let e = read_part(&path, 1, 2).err().unwrap().to_string();
+        assert!(e.ends_with("bad.csv line 41: column 1: \"x\" is not a number"), "{e}");
+    }
 
     #[test]
     fn header_is_optional_and_blank_lines_are_skipped() {

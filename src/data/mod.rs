@@ -69,11 +69,12 @@ pub struct Dataset {
     pub task: Task,
 }
 
-impl Dataset {
-    /// Builds a dataset from a parsed table, deciding classification or regression.
-    pub fn from_table(name: &str, table: csv::Table, choice: TaskChoice) -> Result<Self> {
+impl Task {
+    /// Decides classification or regression for `choice` from what the labels are: `integer`,
+    /// whether every one is an integer, and `distinct`, the distinct values (sorted; needed only
+    /// for classification). `name` names the data in errors.
+    pub fn decide(name: &str, choice: TaskChoice, integer: bool, distinct: Vec<f64>) -> Result<Task> {
         let err = |msg: String| Error::Data(format!("{name}: {msg}"));
-        let integer = table.labels.iter().all(|v| v.fract() == 0.0);
         let classify = match choice {
             TaskChoice::Regress => false,
             TaskChoice::Classify if !integer => {
@@ -87,33 +88,54 @@ impl Dataset {
             }
             TaskChoice::Auto => true,
         };
-        let (y, task) = if classify {
-            let mut labels = table.labels.clone();
-            labels.sort_by(f64::total_cmp);
-            labels.dedup();
-            if labels.len() < 2 {
-                return Err(err(format!(
-                    "only one class (label {}) in the data: nothing to classify",
-                    labels[0]
-                )));
-            }
-            let y = table
+        if !classify {
+            return Ok(Task::Regress);
+        }
+        if distinct.len() < 2 {
+            return Err(err(format!(
+                "only one class (label {}) in the data: nothing to classify",
+                distinct.first().copied().unwrap_or(f64::NAN)
+            )));
+        }
+        Ok(Task::Classify { labels: distinct })
+    }
+}
+
+/// Whether every label is an integer, and the distinct labels, sorted.
+pub fn label_summary(labels: &[f64]) -> (bool, Vec<f64>) {
+    let integer = labels.iter().all(|v| v.fract() == 0.0);
+    let mut distinct = labels.to_vec();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    (integer, distinct)
+}
+
+impl Dataset {
+    /// Builds a dataset from a parsed table, deciding classification or regression.
+    pub fn from_table(name: &str, table: csv::Table, choice: TaskChoice) -> Result<Self> {
+        let (integer, distinct) = label_summary(&table.labels);
+        let task = Task::decide(name, choice, integer, distinct)?;
+        Ok(Self::with_task(name, table, task))
+    }
+
+    /// Builds a dataset from a parsed table whose task is decided (its labels among the task's).
+    pub fn with_task(name: &str, table: csv::Table, task: Task) -> Self {
+        let y = match &task {
+            Task::Classify { labels } => table
                 .labels
                 .iter()
                 .map(|v| labels.partition_point(|l| l < v) as f32)
-                .collect();
-            (y, Task::Classify { labels })
-        } else {
-            (table.labels.iter().map(|&v| v as f32).collect(), Task::Regress)
+                .collect(),
+            Task::Regress => table.labels.iter().map(|&v| v as f32).collect(),
         };
-        Ok(Self {
+        Self {
             name: name.to_owned(),
             x: table.features.iter().map(|&v| v as f32).collect(),
             y,
             n: table.rows,
-            d: table.cols - 1,
+            d: table.cols.saturating_sub(1),
             task,
-        })
+        }
     }
 
     /// Builds a dataset for a trained model: the features must number `inputs` and the labels be
@@ -178,7 +200,8 @@ impl Dataset {
         (x, y)
     }
 
-    fn subset(&self, indices: &[usize], name: String) -> Self {
+    /// The examples at `indices`, as a dataset named `name`.
+    pub fn subset(&self, indices: &[usize], name: String) -> Self {
         let (x, y) = self.gather(indices);
         Self {
             name,
@@ -193,24 +216,9 @@ impl Dataset {
     /// A seeded shuffle into (training, validation) with `fraction` of the examples held out
     /// (none when 0).
     pub fn split(self, fraction: f64, seed: u64) -> Result<(Dataset, Option<Dataset>)> {
-        if !(0.0..1.0).contains(&fraction) {
-            return Err(Error::InvalidArgument {
-                name: "--val-split",
-                reason: format!("{fraction} is not in [0, 1)"),
-            });
-        }
-        let held = (self.n as f64 * fraction).round() as usize;
-        if held == 0 {
+        let Some((order, held)) = split_order(self.n, fraction, seed)? else {
             return Ok((self, None));
-        }
-        if held >= self.n {
-            return Err(Error::InvalidArgument {
-                name: "--val-split",
-                reason: format!("{fraction} of {} examples leaves none to train on", self.n),
-            });
-        }
-        let mut order: Vec<usize> = (0..self.n).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ SPLIT_STREAM));
+        };
         let (val, train) = order.split_at(held);
         let name = self.name.clone();
         Ok((
@@ -218,6 +226,31 @@ impl Dataset {
             Some(self.subset(val, format!("{name} (validation)"))),
         ))
     }
+}
+
+/// The seeded shuffle of `n` examples that [`Dataset::split`] holds out `fraction` of: the order,
+/// whose first `held` are the validation set and the rest, in order, the training set. `None`
+/// when nothing is held out.
+pub fn split_order(n: usize, fraction: f64, seed: u64) -> Result<Option<(Vec<usize>, usize)>> {
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::InvalidArgument {
+            name: "--val-split",
+            reason: format!("{fraction} is not in [0, 1)"),
+        });
+    }
+    let held = (n as f64 * fraction).round() as usize;
+    if held == 0 {
+        return Ok(None);
+    }
+    if held >= n {
+        return Err(Error::InvalidArgument {
+            name: "--val-split",
+            reason: format!("{fraction} of {n} examples leaves none to train on"),
+        });
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ SPLIT_STREAM));
+    Ok(Some((order, held)))
 }
 
 /// Keeps the split's shuffle apart from the batches' (which use the seed itself).
@@ -233,28 +266,43 @@ pub struct Standardizer {
 
 impl Standardizer {
     pub fn fit(data: &Dataset) -> Self {
-        let (n, d) = (data.n as f64, data.d);
+        match Self::fit_part(data, data.n, |_| Ok::<(), std::convert::Infallible>(())) {
+            Ok(s) => s,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Standardizer::fit`] over a set of `total` examples of which `data` holds some: `sum`
+    /// adds every part's sums (across ranks) in place.
+    pub fn fit_part<E>(
+        data: &Dataset,
+        total: usize,
+        mut sum: impl FnMut(&mut [f64]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Self, E> {
+        let (n, d) = (total as f64, data.d);
         let mut mean = vec![0.0f64; d];
         let mut sq = vec![0.0f64; d];
-        for row in data.x.chunks_exact(d) {
+        for row in data.x.chunks_exact(d.max(1)) {
             for j in 0..d {
                 mean[j] += row[j] as f64 / n;
             }
         }
-        for row in data.x.chunks_exact(d) {
+        sum(&mut mean)?;
+        for row in data.x.chunks_exact(d.max(1)) {
             for j in 0..d {
                 sq[j] += (row[j] as f64 - mean[j]).powi(2) / n;
             }
         }
+        sum(&mut sq)?;
         // a constant feature keeps its scale: dividing by 0 would make it NaN
         let std = sq
             .iter()
             .map(|v| if *v > 0.0 { v.sqrt() as f32 } else { 1.0 })
             .collect();
-        Self {
+        Ok(Self {
             mean: mean.iter().map(|&m| m as f32).collect(),
             std,
-        }
+        })
     }
 
     pub fn apply(&self, data: &mut Dataset) {

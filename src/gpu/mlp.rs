@@ -35,7 +35,7 @@ shader_struct! {
         offset: u32,
         ld: u32,
         apply: u32,
-        pad: u32,
+        example0: u32,
     }
 }
 
@@ -372,6 +372,7 @@ impl MlpKernels {
             },
             key0: key.seed,
             key1: key.step,
+            example0: key.first,
             ..Self::base_params(mlp)
         };
         let buffers = [(1, &batch.z[last]), (4, &batch.targets), (5, out)];

@@ -81,14 +81,23 @@ impl FisherKind {
 pub struct SampleKey {
     pub seed: u32,
     pub step: u32,
+    /// Where this batch's first example stands in the whole batch: draws are keyed by an
+    /// example's place in the whole batch, so a batch split across ranks draws what it would
+    /// whole (0 in one process).
+    pub first: u32,
 }
 
 impl SampleKey {
-    /// Uniforms (u1, u2) for draw `draw` of output `output` of `example`.
+    /// The key of step `step` of a run seeded `seed`, for a whole batch.
+    pub const fn new(seed: u32, step: u32) -> Self {
+        Self { seed, step, first: 0 }
+    }
+
+    /// Uniforms (u1, u2) for draw `draw` of output `output` of the batch's `example`.
     pub fn uniforms(&self, example: u32, draw: u32, output: u32, outputs: u32) -> (f64, f64) {
         // wrapping, as the GPU's u32 arithmetic does
         let counter = draw.wrapping_mul(outputs).wrapping_add(output);
-        let [a, b] = rng::threefry2x32([example, counter], [self.seed, self.step]);
+        let [a, b] = rng::threefry2x32([self.first.wrapping_add(example), counter], [self.seed, self.step]);
         (rng::uniform(a), rng::uniform(b))
     }
 }

@@ -14,6 +14,7 @@ pub use sgd::SgdConfig;
 
 use crate::backend::{Backend, CgOutcome};
 use crate::curvature::CurvatureKind;
+use crate::dist::Ranks;
 use crate::error::{Error, Result};
 use crate::model::{Mlp, SampleKey};
 use crate::snapshot::Snapshot;
@@ -148,6 +149,10 @@ pub struct StepInput<'a, B: Backend> {
     pub weight_mask: &'a B::Vector,
     pub weight_decay: f32,
     pub key: SampleKey,
+    /// The batch across the ranks (its means become the batch's through it).
+    pub ranks: Ranks<'a>,
+    /// The curvature examples across the ranks.
+    pub curvature_ranks: Ranks<'a>,
 }
 
 /// An optimiser's state on a device.

@@ -14,6 +14,7 @@ pub use summary::{DeviceProfile, Summary, Validation, config_json};
 use crate::backend::{Backend, Phase};
 use crate::curvature::{CurvatureKind, Limits, Shape, plan};
 use crate::data::Dataset;
+use crate::dist::{Collective, Ranks, Solo, split};
 use crate::error::{Error, Result};
 use crate::model::{Mlp, SampleKey};
 use crate::optim::{self, OptimConfig, Optimizer, OptimizerKind, StepInput, UpdateInfo};
@@ -42,8 +43,17 @@ pub struct Evaluation {
 }
 
 /// Mean NLL and accuracy of the model at θ over all of `data`, a few thousand examples per
-/// forward pass (the objective here is the loss: callers add weight decay).
+/// forward pass (the objective here is the loss: callers add weight decay). A rank holding no
+/// examples of a set reports zeros (it weighs nothing in the set's means).
 pub fn evaluate<B: Backend>(b: &B, mlp: &Mlp, theta: &B::Vector, data: &Dataset) -> Result<Evaluation> {
+    let accuracy = mlp.likelihood().is_classification().then_some(0.0);
+    if data.n == 0 {
+        return Ok(Evaluation {
+            loss: 0.0,
+            objective: 0.0,
+            accuracy,
+        });
+    }
     let (d, mut nll, mut correct) = (data.d, 0.0, 0.0);
     for start in (0..data.n).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(data.n);
@@ -54,7 +64,7 @@ pub fn evaluate<B: Backend>(b: &B, mlp: &Mlp, theta: &B::Vector, data: &Dataset)
         correct += part.accuracy * part.examples as f64;
     }
     let loss = nll / data.n as f64;
-    let accuracy = mlp.likelihood().is_classification().then_some(correct / data.n as f64);
+    let accuracy = accuracy.map(|_| correct / data.n as f64);
     Ok(Evaluation {
         loss,
         objective: loss,
@@ -77,6 +87,26 @@ pub struct Trainer<'b, B: Backend> {
     curvature: Option<(CurvatureKind, String)>,
     steps: usize,
     seed: u32,
+    /// the ranks this trainer's batches are split across ([`Solo`] in one process)
+    comm: &'b dyn Collective,
+}
+
+/// One rank's examples of a batch (all of it in one process): its run of the batch's curvature
+/// examples, then its run of the others (see [`split`]), and where they stand in the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Examples<'a> {
+    /// `local` × inputs, row-major, the curvature examples first
+    pub x: &'a [f32],
+    /// their targets
+    pub y: &'a [f32],
+    /// examples here, and in the whole batch
+    pub local: usize,
+    pub total: usize,
+    /// curvature examples here (the first ones), and in the whole batch
+    pub curvature_local: usize,
+    pub curvature_total: usize,
+    /// where this rank's first curvature example stands among the batch's
+    pub first: usize,
 }
 
 /// Examples per step for `--batch batch` (0: the full batch) over a training set of `n`.
@@ -106,7 +136,15 @@ impl<'b, B: Backend> Trainer<'b, B> {
             config,
             steps: 0,
             seed: seed as u32,
+            comm: &Solo,
         })
+    }
+
+    /// The trainer for ranks that split each batch among them over `comm` (every rank makes its
+    /// trainer alike, from the same θ).
+    pub fn on_ranks(mut self, comm: &'b dyn Collective) -> Self {
+        self.comm = comm;
+        self
     }
 
     /// Checks that training `mlp` with `config` on batches of `examples` fits `b` (every buffer
@@ -169,8 +207,40 @@ impl<'b, B: Backend> Trainer<'b, B> {
 
     /// One update on the batch (`x` n × inputs, `y` its targets).
     pub fn step(&mut self, x: &[f32], y: &[f32]) -> Result<StepStats> {
+        let n = y.len() / self.mlp.likelihood().target_width().max(1);
+        let curvature = match self.config.kind {
+            OptimizerKind::Ngd => split::effective_curvature(n, self.config.ngd.curvature_batch),
+            _ => n,
+        };
+        self.step_on(&Examples {
+            x,
+            y,
+            local: n,
+            total: n,
+            curvature_local: curvature,
+            curvature_total: curvature,
+            first: 0,
+        })
+    }
+
+    /// One update on a batch of which this rank holds `examples` (all of it in one process):
+    /// each rank computes its means, the ranks' collective makes them the batch's, and every rank
+    /// takes the same step.
+    pub fn step_on(&mut self, examples: &Examples) -> Result<StepStats> {
         let b = self.b;
+        let comm = self.comm;
         let step = self.steps + 1;
+        let (x, y) = (examples.x, examples.y);
+        let batch_ranks = Ranks {
+            comm,
+            local: examples.local,
+            total: examples.total,
+        };
+        let curvature_ranks = Ranks {
+            comm,
+            local: examples.curvature_local,
+            total: examples.curvature_total,
+        };
         b.begin_phase(Phase::Forward);
         let mut batch = b.upload_batch(&self.mlp, x, y)?;
         b.forward(&self.mlp, &self.theta, &mut batch)?;
@@ -182,12 +252,24 @@ impl<'b, B: Backend> Trainer<'b, B> {
             self.config.weight_decay,
             &mut self.g,
         )?;
+        // across ranks: the batch's gradient from the ranks' (‖g‖² then known here)
+        let shared_grad_sq = if batch_ranks.is_solo() {
+            None
+        } else {
+            let mut g = b.download_vector(&self.g)?;
+            batch_ranks.mean_f32("gradient", &mut g)?;
+            let sq: f64 = g.iter().map(|&v| (v as f64).powi(2)).sum();
+            // a non-finite gradient is reported as divergence below, after the loss
+            if sq.is_finite() {
+                self.g = b.upload_vector("gradient g", &g)?;
+            }
+            Some(sq)
+        };
         b.copy(&self.theta, &mut self.last_good)?;
         // Martens' curvature mini-batch: the first examples of the batch, their own forward pass
-        let curvature_rows = self.config.ngd.curvature_batch;
-        let n = b.batch_size(&batch);
+        let curvature_rows = examples.curvature_local;
         b.begin_phase(Phase::Forward);
-        let mut curvature = if self.config.kind == OptimizerKind::Ngd && curvature_rows > 0 && curvature_rows < n {
+        let mut curvature = if self.config.kind == OptimizerKind::Ngd && curvature_rows < examples.local {
             let (d, t) = (self.mlp.inputs(), self.mlp.likelihood().target_width());
             let mut sub = b.upload_batch(&self.mlp, &x[..curvature_rows * d], &y[..curvature_rows * t])?;
             b.forward(&self.mlp, &self.theta, &mut sub)?;
@@ -209,7 +291,10 @@ impl<'b, B: Backend> Trainer<'b, B> {
             key: SampleKey {
                 seed: self.seed,
                 step: step as u32,
+                first: examples.first as u32,
             },
+            ranks: batch_ranks,
+            curvature_ranks,
         };
         // what the update reads back (K-FAC's statistics) is recorded now, to come back with:
         // the loss, ‖g‖² and ‖W‖², read together, the step's first wait on the device
@@ -218,17 +303,19 @@ impl<'b, B: Backend> Trainer<'b, B> {
         b.begin_phase(Phase::Gradient);
         let weights = (decay > 0.0).then_some(input.weight_mask);
         let scalars = b.step_scalars(input.mlp, input.batch, input.g, input.theta, weights)?;
-        let loss = scalars.loss;
-        if !loss.loss.is_finite() {
+        let mut loss = [scalars.loss.loss, scalars.loss.accuracy];
+        batch_ranks.mean_f64("loss", &mut loss)?;
+        let [loss, accuracy] = loss;
+        if !loss.is_finite() {
             return Err(Error::Diverged {
                 what: "loss",
-                value: loss.loss,
+                value: loss,
                 step,
                 kept: None,
             });
         }
-        let objective = loss.loss + 0.5 * decay as f64 * scalars.weight_sq;
-        let grad_norm = scalars.grad_sq.sqrt();
+        let objective = loss + 0.5 * decay as f64 * scalars.weight_sq;
+        let grad_norm = shared_grad_sq.unwrap_or(scalars.grad_sq).sqrt();
         if !grad_norm.is_finite() {
             return Err(Error::Diverged {
                 what: "gradient norm",
@@ -240,9 +327,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
         input.objective = objective;
         let update = self.optimizer.update(b, &mut input)?;
         self.steps = step;
-        let accuracy = self.mlp.likelihood().is_classification().then_some(loss.accuracy);
+        let accuracy = self.mlp.likelihood().is_classification().then_some(accuracy);
         Ok(StepStats {
-            loss: loss.loss,
+            loss,
             objective,
             accuracy,
             grad_norm,
@@ -252,8 +339,22 @@ impl<'b, B: Backend> Trainer<'b, B> {
 
     /// Loss, objective and accuracy over all of `data` at the current θ.
     pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
+        self.evaluate_part(data, data.n)
+    }
+
+    /// [`Trainer::evaluate`] over a set of `total` examples of which this rank holds `data`.
+    pub fn evaluate_part(&self, data: &Dataset, total: usize) -> Result<Evaluation> {
         let mut e = evaluate(self.b, &self.mlp, &self.theta, data)?;
-        e.objective += self.decay_term()?;
+        let ranks = Ranks {
+            comm: self.comm,
+            local: data.n,
+            total,
+        };
+        let mut means = [e.loss, e.accuracy.unwrap_or(0.0)];
+        ranks.mean_f64("evaluation", &mut means)?;
+        e.loss = means[0];
+        e.accuracy = e.accuracy.map(|_| means[1]);
+        e.objective = e.loss + self.decay_term()?;
         Ok(e)
     }
 
