@@ -43,6 +43,16 @@ impl Traffic {
         flow.seconds += seconds;
     }
 
+    /// Adds `other`'s calls to these.
+    pub fn merge(&mut self, other: &Traffic) {
+        for (what, f) in &other.0 {
+            let flow = self.0.entry(what).or_default();
+            flow.calls += f.calls;
+            flow.bytes += f.bytes;
+            flow.seconds += f.seconds;
+        }
+    }
+
     /// What was moved after `before` was taken.
     pub fn since(&self, before: &Traffic) -> Traffic {
         let mut out = Traffic::default();
@@ -280,6 +290,22 @@ pub fn agree<T>(comm: &dyn Collective, result: Result<T>) -> Result<T> {
         Some(first) if first == comm.rank() => result,
         Some(first) => Err(Error::PeerFailed { rank: first }),
     }
+}
+
+/// Every rank's `local` values in rank order, whatever their lengths (each rank's length is
+/// summed first, then the values, each rank's in its own place): for small, one-off exchanges.
+pub fn gather_f64(comm: &dyn Collective, what: &'static str, local: &[f64]) -> Result<Vec<f64>> {
+    if comm.ranks() == 1 {
+        return Ok(local.to_vec());
+    }
+    let mut lengths = vec![0.0; comm.ranks()];
+    lengths[comm.rank()] = local.len() as f64;
+    comm.sum_f64(what, &mut lengths)?;
+    let start = lengths[..comm.rank()].iter().sum::<f64>() as usize;
+    let mut all = vec![0.0; lengths.iter().sum::<f64>() as usize];
+    all[start..start + local.len()].copy_from_slice(local);
+    comm.sum_f64(what, &mut all)?;
+    Ok(all)
 }
 
 /// Whether any rank raised each flag (every rank passes as many).

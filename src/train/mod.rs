@@ -6,10 +6,11 @@
 
 pub mod dir;
 mod run;
+pub mod shard;
 mod summary;
 
-pub use run::{Event, Every, Prepared, RunConfig, default_out, prepare, request_stop, resume_config, run};
-pub use summary::{DeviceProfile, Summary, Validation, config_json};
+pub use run::{Event, Every, Prepared, RunConfig, default_out, prepare, request_stop, resume_config, run, run_ranks};
+pub use summary::{DeviceProfile, FlowPerStep, Summary, Validation, config_json};
 
 use crate::backend::{Backend, Phase};
 use crate::curvature::{CurvatureKind, Limits, Shape, plan};

@@ -7,17 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::dir::{Claim, RunDir};
-use super::summary::{DeviceProfile, Summary, Validation, config_json};
+use super::summary::{DeviceProfile, FlowPerStep, Summary, Validation, config_json};
 use super::{Trainer, examples_per_step};
 use crate::backend::profiled::{PHASES, Phases, Profiled};
 use crate::backend::{Backend, SyncCounts};
+use super::shard::Layout;
 use crate::data::{self, Dataset, Standardizer, TaskChoice};
+use crate::dist::{self, Collective, Solo, Traffic, split};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::io::plot;
 use crate::model::{Activation, Mlp, MlpSpec};
-use crate::optim::OptimConfig;
+use crate::optim::{OptimConfig, OptimizerKind};
 use crate::snapshot::Snapshot;
 
 /// Everything `natgrad train` is told.
@@ -146,20 +148,6 @@ fn checkpoint(prepared: &Prepared, theta: Vec<f32>) -> Checkpoint {
     }
 }
 
-fn epoch_row<B: Backend>(trainer: &Trainer<B>, prepared: &Prepared, epoch: usize, wall_s: f64) -> Result<EpochRow> {
-    let train = trainer.evaluate(&prepared.train)?;
-    let val = prepared.val.as_ref().map(|v| trainer.evaluate(v)).transpose()?;
-    Ok(EpochRow {
-        epoch,
-        train_loss: train.loss,
-        train_objective: train.objective,
-        train_accuracy: train.accuracy,
-        val_loss: val.map(|v| v.loss),
-        val_accuracy: val.and_then(|v| v.accuracy),
-        wall_s,
-    })
-}
-
 /// Trains on `b` and writes the run directory: metrics.csv, epochs.csv, model.safetensors (each
 /// epoch, atomically), summary.json and loss.svg. On divergence the checkpoint holds the last
 /// parameters with a finite loss, and the error says so. `device` is (kind, adapter) for the
@@ -171,11 +159,86 @@ pub fn run<B: Backend>(
     device: (&str, &str),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary> {
+    run_with(b, cfg, prepared, Crew::solo(), device, on_event)
+}
+
+/// [`run`] as one rank of a data-parallel run over `comm`: `prepared` and `layout` are this
+/// rank's, from [`super::shard::prepare`]. Every rank takes every step; rank 0 alone writes the
+/// run directory and reports `on_event`.
+pub fn run_ranks<B: Backend>(
+    b: &B,
+    cfg: &RunConfig,
+    prepared: &Prepared,
+    layout: &Layout,
+    comm: &dyn Collective,
+    device: (&str, &str),
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary> {
+    let crew = Crew {
+        comm,
+        layout: Some(layout),
+    };
+    run_with(b, cfg, prepared, crew, device, on_event)
+}
+
+/// Who takes a run's steps: one process, or a rank of a data-parallel run and where the run's
+/// examples are.
+#[derive(Clone, Copy)]
+struct Crew<'a> {
+    comm: &'a dyn Collective,
+    layout: Option<&'a Layout>,
+}
+
+impl Crew<'static> {
+    fn solo() -> Self {
+        Crew {
+            comm: &Solo,
+            layout: None,
+        }
+    }
+}
+
+impl Crew<'_> {
+    /// The rank that writes the run directory and reports.
+    fn leads(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// Training and validation examples of the run (on every rank together).
+    fn totals(&self, prepared: &Prepared) -> (usize, usize) {
+        match self.layout {
+            Some(layout) => (layout.train_total(), layout.val_total),
+            None => (prepared.train.n, prepared.val.as_ref().map_or(0, |v| v.n)),
+        }
+    }
+
+    /// The state file of `out`, read by the leading rank and sent to the others.
+    fn load_state(&self, out: &Path) -> Result<Snapshot> {
+        let path = out.join("state.safetensors");
+        let read = if self.leads() {
+            std::fs::read(&path).map_err(|e| crate::io::io_error(&path, e))
+        } else {
+            Ok(Vec::new())
+        };
+        let mut bytes = dist::agree(self.comm, read)?;
+        self.comm.broadcast_bytes("training state", 0, &mut bytes)?;
+        crate::io::state::from_bytes(&path, &bytes)
+    }
+}
+
+fn run_with<B: Backend>(
+    b: &B,
+    cfg: &RunConfig,
+    prepared: &Prepared,
+    crew: Crew,
+    device: (&str, &str),
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary> {
     if cfg.profile {
         let profiled = Profiled::new(b);
-        run_on(&profiled, cfg, prepared, device, on_event, Some(&|| profiled.phases()))
+        run_on(&profiled, cfg, prepared, crew, device, on_event, Some(&|| profiled.phases()))
     } else {
-        run_on(b, cfg, prepared, device, on_event, None)
+        run_on(b, cfg, prepared, crew, device, on_event, None)
     }
 }
 
@@ -259,19 +322,33 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// [`run`] on `b`; `phases` reads a profiling backend's time per phase, charged to the steps only
-/// (not the per-epoch evaluations and checkpoints).
+/// [`run`] on `b` for `crew`; `phases` reads a profiling backend's time per phase, charged to the
+/// steps only (not the per-epoch evaluations and checkpoints).
+#[allow(clippy::too_many_arguments)]
 fn run_on<B: Backend>(
     b: &B,
     cfg: &RunConfig,
     prepared: &Prepared,
+    crew: Crew,
     device: (&str, &str),
     on_event: &mut dyn FnMut(Event),
     phases: Option<&dyn Fn() -> Phases>,
 ) -> Result<Summary> {
+    let comm = crew.comm;
+    let leads = crew.leads();
+    let (train_total, val_total) = crew.totals(prepared);
     // every buffer planned before the parameters are drawn: a model too large is an error here
-    let examples = examples_per_step(cfg.batch, prepared.train.n);
+    let examples = examples_per_step(cfg.batch, train_total);
     Trainer::plan(b, &prepared.mlp, &cfg.optim, examples)?;
+    let curvature = match cfg.optim.kind {
+        OptimizerKind::Ngd => cfg.optim.ngd.curvature_batch,
+        _ => 0,
+    };
+    let epoch_batches = data::batches(train_total, cfg.batch, cfg.seed, 0);
+    if comm.ranks() > 1 {
+        let sizes: Vec<usize> = epoch_batches.iter().map(Vec::len).collect();
+        split::check(&sizes, curvature, comm.ranks())?;
+    }
     let mut trainer = Trainer::new(
         b,
         prepared.mlp.clone(),
@@ -279,21 +356,26 @@ fn run_on<B: Backend>(
         cfg.optim,
         examples,
         cfg.seed,
-    )?;
+    )?
+    .on_ranks(comm);
     if let Some(notice) = trainer.plan_notice() {
         on_event(Event::Notice(notice));
     }
-    // everything checked: now the directory is claimed (and locked until the run ends)
-    let run_dir = RunDir::claim(&cfg.out, cfg.claim)?;
-    let out = run_dir.path();
+    // everything checked: now the directory is claimed (and locked until the run ends), by the
+    // leading rank alone
+    let run_dir = dist::agree(comm, leads.then(|| RunDir::claim(&cfg.out, cfg.claim)).transpose())?;
+    let out = run_dir.as_ref().map_or(cfg.out.as_path(), |d| d.path());
     let model_path = out.join("model.safetensors");
-    let per_epoch = data::batches(prepared.train.n, cfg.batch, cfg.seed, 0).len();
+    let per_epoch = epoch_batches.len();
     let total_steps = cfg.steps.unwrap_or(per_epoch * cfg.epochs);
     let (mut progress, mut writer) = if cfg.claim == Claim::Resume {
-        let snapshot = crate::io::state::load(&out.join("state.safetensors"))?;
+        let snapshot = crew.load_state(out)?;
         trainer.load(&snapshot)?;
         let progress: Progress = snapshot.get("run.progress")?;
-        let writer = MetricsWriter::resume(out, trainer.steps(), progress.epoch - 1)?;
+        let writer = leads
+            .then(|| MetricsWriter::resume(out, trainer.steps(), progress.epoch - 1))
+            .transpose();
+        let writer = dist::agree(comm, writer)?;
         on_event(Event::Notice(&format!(
             "resumed {} at step {} (epoch {}, batch {})",
             out.display(),
@@ -306,35 +388,71 @@ fn run_on<B: Backend>(
         let progress = Progress {
             epoch: 1,
             // the full training loss before the first step, to say so if the run ends above it
-            initial_loss: trainer.evaluate(&prepared.train)?.loss,
+            initial_loss: trainer.evaluate_part(&prepared.train, train_total)?.loss,
             ..Progress::default()
         };
-        (progress, MetricsWriter::create(out)?)
+        let writer = dist::agree(comm, leads.then(|| MetricsWriter::create(out)).transpose())?;
+        (progress, writer)
     };
     on_event(Event::Start { total_steps });
     let mut spent = Phases::default();
     // submissions and waits of the steps this process took, the most waits of one, and the steps
     let mut device_counts: Option<(SyncCounts, u64, usize)> = None;
+    // what the steps moved between the ranks
+    let mut moved = Traffic::default();
+    let mut steps_here = 0;
     let mut saved_at = (trainer.steps(), Instant::now());
+    let epoch_row = |trainer: &Trainer<B>, epoch: usize, wall_s: f64| -> Result<EpochRow> {
+        let train = trainer.evaluate_part(&prepared.train, train_total)?;
+        let val = prepared
+            .val
+            .as_ref()
+            .map(|v| trainer.evaluate_part(v, val_total))
+            .transpose()?;
+        Ok(EpochRow {
+            epoch,
+            train_loss: train.loss,
+            train_objective: train.objective,
+            train_accuracy: train.accuracy,
+            val_loss: val.map(|v| v.loss),
+            val_accuracy: val.and_then(|v| v.accuracy),
+            wall_s,
+        })
+    };
     while trainer.steps() < total_steps {
         let epoch = progress.epoch;
-        for indices in data::batches(prepared.train.n, cfg.batch, cfg.seed, epoch)
+        for indices in data::batches(train_total, cfg.batch, cfg.seed, epoch)
             .into_iter()
             .skip(progress.position)
         {
             if trainer.steps() >= total_steps {
                 break;
             }
-            let (x, y) = prepared.train.gather(&indices);
             let before = phases.map(|p| p());
             let counts_before = b.sync_counts();
+            let traffic_before = comm.traffic();
             let started = Instant::now();
-            let stats = match trainer.step(&x, &y) {
+            let taken = match crew.layout {
+                None => {
+                    let (x, y) = prepared.train.gather(&indices);
+                    trainer.step(&x, &y)
+                }
+                Some(layout) => layout
+                    .examples(comm, &prepared.train, &indices, curvature)
+                    .and_then(|held| trainer.step_on(&held.examples())),
+            };
+            let stats = match taken {
                 Ok(stats) => stats,
                 Err(Error::Diverged { what, value, step, .. }) => {
-                    writer.flush()?;
-                    checkpoint(prepared, trainer.last_good_parameters()?).save(&model_path)?;
-                    let kept = Some(model_path.display().to_string());
+                    // every rank diverges at the same step: the leading one keeps the parameters
+                    let kept = match writer.as_mut() {
+                        Some(writer) => {
+                            writer.flush()?;
+                            checkpoint(prepared, trainer.last_good_parameters()?).save(&model_path)?;
+                            Some(model_path.display().to_string())
+                        }
+                        None => None,
+                    };
                     return Err(Error::Diverged {
                         what,
                         value,
@@ -346,6 +464,8 @@ fn run_on<B: Backend>(
             };
             progress.wall_s += started.elapsed().as_secs_f64();
             progress.position += 1;
+            moved.merge(&comm.traffic().since(&traffic_before));
+            steps_here += 1;
             if let (Some(before), Some(now)) = (counts_before, b.sync_counts()) {
                 let step = now.since(before);
                 let (total, most, taken) = device_counts.get_or_insert_default();
@@ -372,20 +492,26 @@ fn run_on<B: Backend>(
                 damping: stats.update.damping.map(f64::from),
                 wall_s: progress.wall_s,
             };
-            writer.step(&row)?;
+            if let Some(writer) = writer.as_mut() {
+                writer.step(&row)?;
+            }
             on_event(Event::Step(&row));
-            let stop = STOP.swap(false, Ordering::SeqCst);
+            // a signal reaches the ranks at different moments: they stop together, at the step
+            // after which any of them saw one
+            let stop = dist::any(comm, "stop", &[STOP.swap(false, Ordering::SeqCst)])?[0];
             let due = match cfg.checkpoint_every {
                 Some(Every::Steps(n)) => trainer.steps() - saved_at.0 >= n,
                 Some(Every::Seconds(s)) => saved_at.1.elapsed().as_secs_f64() >= s,
                 None => false,
             };
-            if stop || due {
-                save_all(cfg, prepared, &trainer, &mut writer, out, &progress)?;
+            if let Some(writer) = writer.as_mut()
+                && (stop || due)
+            {
+                save_all(cfg, prepared, &trainer, writer, out, &progress)?;
                 saved_at = (trainer.steps(), Instant::now());
             }
             if stop {
-                let row = epoch_row(&trainer, prepared, epoch, progress.wall_s)?;
+                let row = epoch_row(&trainer, epoch, progress.wall_s)?;
                 let summary = summarize(
                     cfg,
                     prepared,
@@ -395,23 +521,33 @@ fn run_on<B: Backend>(
                     &progress,
                     phases.map(|_| &spent),
                     device_counts,
+                    (comm.ranks(), &moved, steps_here),
                     true,
                 );
-                crate::io::metrics::write_summary(out, &summary)?;
-                plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
+                if leads {
+                    crate::io::metrics::write_summary(out, &summary)?;
+                    plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
+                }
                 return Err(Error::Interrupted {
                     step: trainer.steps(),
                     dir: out.display().to_string(),
                 });
             }
         }
-        let row = epoch_row(&trainer, prepared, epoch, progress.wall_s)?;
-        writer.epoch(&row)?;
+        let row = epoch_row(&trainer, epoch, progress.wall_s)?;
+        if comm.ranks() > 1 {
+            check_in_step(comm, &trainer, epoch)?;
+        }
+        if let Some(writer) = writer.as_mut() {
+            writer.epoch(&row)?;
+        }
         on_event(Event::Epoch(&row));
         progress.last = Some(row);
         progress.epoch += 1;
         progress.position = 0;
-        save_all(cfg, prepared, &trainer, &mut writer, out, &progress)?;
+        if let Some(writer) = writer.as_mut() {
+            save_all(cfg, prepared, &trainer, writer, out, &progress)?;
+        }
         saved_at = (trainer.steps(), Instant::now());
     }
     let Some(last) = progress.last else {
@@ -420,10 +556,12 @@ fn run_on<B: Backend>(
             reason: format!("the run already took its {total_steps} steps: give more with --epochs or --steps"),
         });
     };
-    writer.flush()?;
+    if let Some(writer) = writer.as_mut() {
+        writer.flush()?;
+    }
     if last.train_loss > progress.initial_loss {
         let advice = match cfg.optim.kind {
-            crate::optim::OptimizerKind::Ngd => "a smaller --kl or --lr",
+            OptimizerKind::Ngd => "a smaller --kl or --lr",
             _ => "a smaller --lr",
         };
         on_event(Event::Notice(&format!(
@@ -440,11 +578,33 @@ fn run_on<B: Backend>(
         &progress,
         phases.map(|_| &spent),
         device_counts,
+        (comm.ranks(), &moved, steps_here),
         false,
     );
-    crate::io::metrics::write_summary(out, &summary)?;
-    plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
+    if leads {
+        crate::io::metrics::write_summary(out, &summary)?;
+        plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
+    }
     Ok(summary)
+}
+
+/// Checks that every rank holds the same parameters (they take the same steps on the same
+/// values; ranks on different kinds of device could round differently and drift apart).
+fn check_in_step<B: Backend>(comm: &dyn Collective, trainer: &Trainer<B>, epoch: usize) -> Result<()> {
+    let theta = trainer.parameters()?;
+    // FNV-1a over the parameters' bits
+    let hash = theta.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut leader = hash.to_le_bytes().to_vec();
+    comm.broadcast_bytes("parameter check", 0, &mut leader)?;
+    let differs = dist::any(comm, "parameter check", &[leader != hash.to_le_bytes()])?[0];
+    if differs {
+        return Err(Error::Ranks(format!(
+            "after epoch {epoch} the ranks hold different parameters: run every rank on the same kind of device"
+        )));
+    }
+    Ok(())
 }
 
 /// The summary of a run standing at `progress` whose last figures over the whole sets are `last`.
@@ -458,6 +618,7 @@ fn summarize<B: Backend>(
     progress: &Progress,
     spent: Option<&Phases>,
     device_counts: Option<(SyncCounts, u64, usize)>,
+    (ranks, moved, steps_here): (usize, &Traffic, usize),
     interrupted: bool,
 ) -> Summary {
     let steps = trainer.steps();
@@ -490,6 +651,22 @@ fn summarize<B: Backend>(
                 host_syncs_per_step: total.host_syncs as f64 / taken,
                 max_host_syncs_per_step: most,
             }
+        }),
+        ranks: (ranks > 1).then_some(ranks),
+        communication_per_step: (ranks > 1).then(|| {
+            let per = steps_here.max(1) as f64;
+            moved
+                .0
+                .iter()
+                .map(|(what, f)| {
+                    let flow = FlowPerStep {
+                        calls: f.calls as f64 / per,
+                        bytes: f.bytes as f64 / per,
+                        ms: 1e3 * f.seconds / per,
+                    };
+                    (what.to_string(), flow)
+                })
+                .collect()
         }),
     }
 }

@@ -36,6 +36,23 @@ pub struct Summary {
     /// On a GPU: submissions and host waits per step (the steps only, not the evaluations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<DeviceProfile>,
+    /// The ranks of a data-parallel run (absent in one process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    /// Across ranks, per step and by what was summed: what rank 0 handed to collectives, and how
+    /// long it waited in them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub communication_per_step: Option<BTreeMap<String, FlowPerStep>>,
+}
+
+/// One kind of collective call, per step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct FlowPerStep {
+    pub calls: f64,
+    /// bytes this rank handed in (an all-reduce's network traffic is about twice that)
+    pub bytes: f64,
+    /// milliseconds this rank spent in them, waiting for the others included
+    pub ms: f64,
 }
 
 /// How often a step handed work to the device and waited for it, per step.
