@@ -106,9 +106,45 @@ impl AnyBackend {
     }
 }
 
+/// [`pick`] for the `local_rank`-th rank of a data-parallel run on one machine: where the machine
+/// has several hardware GPUs on the picked one's API, rank k takes the k-th of them (round robin);
+/// otherwise every rank takes the one pick.
+pub fn pick_for_rank(choice: DeviceChoice, filter: Option<&str>, local_rank: usize) -> Result<Pick> {
+    let picked = pick(choice, filter)?;
+    let Pick::Gpu(best) = &picked else {
+        return Ok(picked);
+    };
+    let info = best.get_info();
+    if !context::is_hardware(&info) {
+        return Ok(picked);
+    }
+    let all = context::adapters(&context::instance());
+    let filter = context::name_filter(filter);
+    let peers: Vec<&wgpu::Adapter> = context::matching(&all, filter.as_deref())
+        .into_iter()
+        .filter(|a| {
+            let i = a.get_info();
+            i.backend == info.backend && context::is_hardware(&i)
+        })
+        .collect();
+    match peers.len() {
+        0 | 1 => Ok(picked),
+        n => Ok(Pick::Gpu(peers[local_rank % n].clone())),
+    }
+}
+
 /// Opens the device `choice` resolves to; the string is the one-line notice of what was picked.
 pub fn open(choice: DeviceChoice, filter: Option<&str>) -> Result<(AnyBackend, String)> {
-    match pick(choice, filter)? {
+    open_pick(pick(choice, filter)?)
+}
+
+/// [`open`] for the `local_rank`-th rank on its machine (see [`pick_for_rank`]).
+pub fn open_for_rank(choice: DeviceChoice, filter: Option<&str>, local_rank: usize) -> Result<(AnyBackend, String)> {
+    open_pick(pick_for_rank(choice, filter, local_rank)?)
+}
+
+fn open_pick(pick: Pick) -> Result<(AnyBackend, String)> {
+    match pick {
         Pick::Gpu(adapter) => {
             let gpu = Gpu::with_context(GpuContext::from_adapter(&adapter)?, GpuOptions::default())?;
             let notice = format!("device: GPU {}", gpu.describe());

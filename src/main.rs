@@ -13,9 +13,12 @@ use cli::commands;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let runtime = quiet_mesa();
+    // under mpirun every rank meets the same bad arguments: rank 0 alone says so
+    let quiet = natgrad::dist::launched().is_some_and(|(rank, _)| rank > 0);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
+        Err(_) if quiet => return ExitCode::from(2),
         Err(e) => {
             // clap's own message spans several lines; keep its first and point to --help
             let text = e.to_string();
@@ -30,6 +33,11 @@ fn main() -> ExitCode {
     };
     let code = match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        #[cfg(feature = "mpi")]
+        Err(e) if e.is::<cli::ranks::Reported>() => {
+            ExitCode::from(e.downcast_ref::<cli::ranks::Reported>().map_or(1, |told| told.code))
+        }
+        Err(_) if quiet => ExitCode::FAILURE,
         Err(e) if matches!(e.downcast_ref(), Some(natgrad::Error::Interrupted { .. })) => {
             eprintln!("natgrad: {e}");
             ExitCode::from(130)

@@ -19,27 +19,25 @@ fn open(args: &DeviceArgs) -> Result<AnyBackend> {
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
+    // under mpirun: one rank of a data-parallel run
+    #[cfg(feature = "mpi")]
+    if natgrad::dist::launched().is_some() {
+        return super::ranks::train(args);
+    }
+    #[cfg(not(feature = "mpi"))]
+    if let Some((_, ranks)) = natgrad::dist::launched().filter(|&(_, ranks)| ranks > 1) {
+        bail!(
+            "started as one of {ranks} MPI ranks, but this natgrad was built without MPI: build it with \
+             cargo build --release --features mpi (alone, each rank would train the whole run)"
+        );
+    }
     let cfg = args.run_config()?;
     // SIGINT and SIGTERM finish the step in progress, save everything and stop the run
     ctrlc::set_handler(train::request_stop).context("installing the interrupt handler")?;
     let prepared = train::prepare(&cfg)?;
     let b = open(&args.device)?;
-    let widths: Vec<String> = prepared.mlp.widths().iter().map(usize::to_string).collect();
-    println!(
-        "natgrad train: {} ({} examples{}), MLP {} ({} parameters, {}), {} on {}",
-        prepared.train.name,
-        prepared.train.n,
-        prepared
-            .val
-            .as_ref()
-            .map(|v| format!(", {} held out", v.n))
-            .unwrap_or_default(),
-        widths.join("-"),
-        prepared.mlp.num_params(),
-        prepared.mlp.likelihood().name(),
-        cfg.optim.describe(),
-        b.kind()
-    );
+    let val = prepared.val.as_ref().map_or(0, |v| v.n);
+    banner(&prepared, (prepared.train.n, val), &cfg, &b, 1);
     let mut progress = Progress::new();
     let adapter = b.describe();
     let summary =
@@ -47,6 +45,29 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     progress.finish();
     report::finished(&summary?, &cfg.out);
     Ok(())
+}
+
+/// The line a run starts with: the data (`examples`: training and held-out examples of the
+/// run), the model, the optimiser and the device (and the ranks, past one).
+pub fn banner(
+    prepared: &train::Prepared,
+    (examples, held): (usize, usize),
+    cfg: &train::RunConfig,
+    b: &AnyBackend,
+    ranks: usize,
+) {
+    let widths: Vec<String> = prepared.mlp.widths().iter().map(usize::to_string).collect();
+    let held = if held > 0 { format!(", {held} held out") } else { String::new() };
+    let ranks = if ranks > 1 { format!(", {ranks} ranks") } else { String::new() };
+    println!(
+        "natgrad train: {} ({examples} examples{held}), MLP {} ({} parameters, {}), {} on {}{ranks}",
+        prepared.train.name,
+        widths.join("-"),
+        prepared.mlp.num_params(),
+        prepared.mlp.likelihood().name(),
+        cfg.optim.describe(),
+        b.kind()
+    );
 }
 
 pub fn eval(model: &std::path::Path, data: &DataArgs, json: bool, device: &DeviceArgs) -> Result<()> {

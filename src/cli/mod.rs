@@ -3,4 +3,6 @@
 pub mod args;
 pub mod commands;
 pub mod progress;
+#[cfg(feature = "mpi")]
+pub mod ranks;
 pub mod report;

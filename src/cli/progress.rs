@@ -16,7 +16,8 @@ impl Progress {
 
     pub fn event(&mut self, event: Event) {
         match event {
-            Event::Start { total_steps } if std::io::stdout().is_terminal() => {
+            // the bar draws on stderr: a terminal on both (not mpirun's pty for stdout alone)
+            Event::Start { total_steps } if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() => {
                 let bar = indicatif::ProgressBar::new(total_steps as u64);
                 if let Ok(style) = indicatif::ProgressStyle::with_template(
                     "{bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta} {msg}",

@@ -278,18 +278,46 @@ pub fn symmetric_from_upper<T: Copy + Default>(upper: &[T], dim: usize) -> Vec<T
 /// Which ranks failed, agreed by all: each rank says whether its `result` is an error, and a
 /// rank whose own work succeeded learns that another's did not. The first failing rank keeps its
 /// own error (the one to report); every other rank gets [`Error::PeerFailed`] naming it.
-pub fn agree<T>(comm: &dyn Collective, result: Result<T>) -> Result<T> {
+pub fn agree<T, E: From<Error>>(comm: &dyn Collective, result: Result<T, E>) -> Result<T, E> {
+    agree_flags(comm, "agreement", result, &[]).map(|(value, _)| value)
+}
+
+/// [`agree`], and in the same call whether any rank raised each of `flags` (every rank passes
+/// as many).
+pub fn agree_flags<T, E: From<Error>>(
+    comm: &dyn Collective,
+    what: &'static str,
+    result: Result<T, E>,
+    flags: &[bool],
+) -> Result<(T, Vec<bool>), E> {
     if comm.ranks() == 1 {
-        return result;
+        return result.map(|value| (value, flags.to_vec()));
     }
-    let mut failed = vec![0.0; comm.ranks()];
-    failed[comm.rank()] = if result.is_err() { 1.0 } else { 0.0 };
-    comm.sum_f64("agreement", &mut failed)?;
-    match failed.iter().position(|f| *f > 0.0) {
-        None => result,
-        Some(first) if first == comm.rank() => result,
-        Some(first) => Err(Error::PeerFailed { rank: first }),
+    let ranks = comm.ranks();
+    let mut v = vec![0.0; ranks + flags.len()];
+    v[comm.rank()] = if result.is_err() { 1.0 } else { 0.0 };
+    for (slot, &flag) in v[ranks..].iter_mut().zip(flags) {
+        *slot = if flag { 1.0 } else { 0.0 };
     }
+    comm.sum_f64(what, &mut v)?;
+    let raised = v[ranks..].iter().map(|&x| x > 0.0).collect();
+    match v[..ranks].iter().position(|f| *f > 0.0) {
+        None => result.map(|value| (value, raised)),
+        Some(first) if first == comm.rank() => result.map(|value| (value, raised)),
+        Some(first) => Err(Error::PeerFailed { rank: first }.into()),
+    }
+}
+
+/// The rank this process has in a job an MPI launcher (`mpirun`, `srun`) started, and the job's
+/// ranks: what the launcher says in the environment, before MPI is initialised (or without it).
+pub fn launched() -> Option<(usize, usize)> {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().and_then(|v| v.trim().parse::<usize>().ok()))
+    };
+    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
+    Some((var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK"]).unwrap_or(0), size))
 }
 
 /// Every rank's `local` values in rank order, whatever their lengths (each rank's length is
@@ -306,16 +334,6 @@ pub fn gather_f64(comm: &dyn Collective, what: &'static str, local: &[f64]) -> R
     all[start..start + local.len()].copy_from_slice(local);
     comm.sum_f64(what, &mut all)?;
     Ok(all)
-}
-
-/// Whether any rank raised each flag (every rank passes as many).
-pub fn any(comm: &dyn Collective, what: &'static str, flags: &[bool]) -> Result<Vec<bool>> {
-    if comm.ranks() == 1 {
-        return Ok(flags.to_vec());
-    }
-    let mut v: Vec<f64> = flags.iter().map(|&f| if f { 1.0 } else { 0.0 }).collect();
-    comm.sum_f64(what, &mut v)?;
-    Ok(v.iter().map(|&x| x > 0.0).collect())
 }
 
 #[cfg(test)]

@@ -30,13 +30,6 @@ const ANSWER: i32 = 7002;
 /// A roll-call message: the caller's collective count and what it waits in, as text.
 const NOTE: usize = 96;
 
-/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`).
-pub fn launched() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-}
-
 /// The bound on a wait: `NATGRAD_MPI_TIMEOUT_S`, a positive number of seconds.
 fn timeout() -> Result<Duration> {
     match std::env::var("NATGRAD_MPI_TIMEOUT_S") {
@@ -75,6 +68,8 @@ pub struct Mpi {
     /// the roll call's own communicator: its messages never meet the collectives'
     roll: SimpleCommunicator,
     local_rank: usize,
+    /// ranks on this machine
+    local_ranks: usize,
     timeout: Duration,
     /// collectives started so far (every rank counts the same calls)
     calls: Cell<u64>,
@@ -90,16 +85,23 @@ impl Mpi {
         let universe = mpi::initialize().ok_or_else(|| Error::Ranks("MPI was already initialised".into()))?;
         let world = universe.world();
         let roll = world.duplicate();
-        let local_rank = world.split_shared(world.rank()).rank() as usize;
+        let local = world.split_shared(world.rank());
+        let (local_rank, local_ranks) = (local.rank() as usize, local.size() as usize);
         Ok(Self {
             world,
             roll,
             local_rank,
+            local_ranks,
             timeout,
             calls: Cell::new(0),
             traffic: RefCell::new(Traffic::default()),
             _universe: universe,
         })
+    }
+
+    /// Ranks on this machine (this one among them).
+    pub fn local_ranks(&self) -> usize {
+        self.local_ranks
     }
 
     /// Ends every rank of the job with `code` after printing `line` (this rank's account of why).

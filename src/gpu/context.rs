@@ -83,11 +83,19 @@ pub fn name_filter(adapter_flag: Option<&str>) -> Option<String> {
 
 /// The best adapter whose name contains `filter` (case-insensitive), if any.
 pub fn pick<'a>(adapters: &'a [wgpu::Adapter], filter: Option<&str>) -> Option<&'a wgpu::Adapter> {
+    matching(adapters, filter).into_iter().next()
+}
+
+/// The adapters whose name holds `filter` (case-insensitively; all of them without one), in order.
+pub fn matching<'a>(adapters: &'a [wgpu::Adapter], filter: Option<&str>) -> Vec<&'a wgpu::Adapter> {
     let wanted = filter.map(str::to_lowercase);
-    adapters.iter().find(|a| match &wanted {
-        Some(w) => a.get_info().name.to_lowercase().contains(w),
-        None => true,
-    })
+    adapters
+        .iter()
+        .filter(|a| match &wanted {
+            Some(w) => a.get_info().name.to_lowercase().contains(w),
+            None => true,
+        })
+        .collect()
 }
 
 /// One line naming an adapter: name, backend, device type, driver.

@@ -464,7 +464,6 @@ fn run_on<B: Backend>(
             };
             progress.wall_s += started.elapsed().as_secs_f64();
             progress.position += 1;
-            moved.merge(&comm.traffic().since(&traffic_before));
             steps_here += 1;
             if let (Some(before), Some(now)) = (counts_before, b.sync_counts()) {
                 let step = now.since(before);
@@ -492,22 +491,26 @@ fn run_on<B: Backend>(
                 damping: stats.update.damping.map(f64::from),
                 wall_s: progress.wall_s,
             };
-            if let Some(writer) = writer.as_mut() {
-                writer.step(&row)?;
-            }
+            let wrote = writer.as_mut().map_or(Ok(()), |w| w.step(&row));
             on_event(Event::Step(&row));
-            // a signal reaches the ranks at different moments: they stop together, at the step
-            // after which any of them saw one
-            let stop = dist::any(comm, "stop", &[STOP.swap(false, Ordering::SeqCst)])?[0];
-            let due = match cfg.checkpoint_every {
-                Some(Every::Steps(n)) => trainer.steps() - saved_at.0 >= n,
-                Some(Every::Seconds(s)) => saved_at.1.elapsed().as_secs_f64() >= s,
-                None => false,
-            };
-            if let Some(writer) = writer.as_mut()
-                && (stop || due)
-            {
-                save_all(cfg, prepared, &trainer, writer, out, &progress)?;
+            let due = leads
+                && match cfg.checkpoint_every {
+                    Some(Every::Steps(n)) => trainer.steps() - saved_at.0 >= n,
+                    Some(Every::Seconds(s)) => saved_at.1.elapsed().as_secs_f64() >= s,
+                    None => false,
+                };
+            // one agreement a step: a signal reaches the ranks at different moments (they stop
+            // together, after the step in which any saw one), the leading rank's write may have
+            // failed, and it alone keeps the time between saves
+            let stop = STOP.swap(false, Ordering::SeqCst);
+            let ((), flags) = dist::agree_flags(comm, "stop", wrote, &[stop, due])?;
+            let (stop, due) = (flags[0], flags[1]);
+            moved.merge(&comm.traffic().since(&traffic_before));
+            if stop || due {
+                let saved = writer
+                    .as_mut()
+                    .map_or(Ok(()), |w| save_all(cfg, prepared, &trainer, w, out, &progress));
+                dist::agree(comm, saved)?;
                 saved_at = (trainer.steps(), Instant::now());
             }
             if stop {
@@ -524,10 +527,7 @@ fn run_on<B: Backend>(
                     (comm.ranks(), &moved, steps_here),
                     true,
                 );
-                if leads {
-                    crate::io::metrics::write_summary(out, &summary)?;
-                    plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
-                }
+                dist::agree(comm, leads.then(|| write_outputs(out, &summary)).unwrap_or(Ok(())))?;
                 return Err(Error::Interrupted {
                     step: trainer.steps(),
                     dir: out.display().to_string(),
@@ -538,16 +538,17 @@ fn run_on<B: Backend>(
         if comm.ranks() > 1 {
             check_in_step(comm, &trainer, epoch)?;
         }
-        if let Some(writer) = writer.as_mut() {
-            writer.epoch(&row)?;
-        }
         on_event(Event::Epoch(&row));
+        let wrote = writer.as_mut().map_or(Ok(()), |w| w.epoch(&row));
         progress.last = Some(row);
         progress.epoch += 1;
         progress.position = 0;
-        if let Some(writer) = writer.as_mut() {
-            save_all(cfg, prepared, &trainer, writer, out, &progress)?;
-        }
+        let saved = wrote.and_then(|()| {
+            writer
+                .as_mut()
+                .map_or(Ok(()), |w| save_all(cfg, prepared, &trainer, w, out, &progress))
+        });
+        dist::agree(comm, saved)?;
         saved_at = (trainer.steps(), Instant::now());
     }
     let Some(last) = progress.last else {
@@ -556,9 +557,7 @@ fn run_on<B: Backend>(
             reason: format!("the run already took its {total_steps} steps: give more with --epochs or --steps"),
         });
     };
-    if let Some(writer) = writer.as_mut() {
-        writer.flush()?;
-    }
+    dist::agree(comm, writer.as_mut().map_or(Ok(()), |w| w.flush()))?;
     if last.train_loss > progress.initial_loss {
         let advice = match cfg.optim.kind {
             OptimizerKind::Ngd => "a smaller --kl or --lr",
@@ -581,11 +580,14 @@ fn run_on<B: Backend>(
         (comm.ranks(), &moved, steps_here),
         false,
     );
-    if leads {
-        crate::io::metrics::write_summary(out, &summary)?;
-        plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))?;
-    }
+    dist::agree(comm, leads.then(|| write_outputs(out, &summary)).unwrap_or(Ok(())))?;
     Ok(summary)
+}
+
+/// summary.json and loss.svg.
+fn write_outputs(out: &Path, summary: &Summary) -> Result<()> {
+    crate::io::metrics::write_summary(out, summary)?;
+    plot::loss_plot(&[plot::read_run(out)?], &out.join("loss.svg"))
 }
 
 /// Checks that every rank holds the same parameters (they take the same steps on the same
@@ -598,8 +600,8 @@ fn check_in_step<B: Backend>(comm: &dyn Collective, trainer: &Trainer<B>, epoch:
     });
     let mut leader = hash.to_le_bytes().to_vec();
     comm.broadcast_bytes("parameter check", 0, &mut leader)?;
-    let differs = dist::any(comm, "parameter check", &[leader != hash.to_le_bytes()])?[0];
-    if differs {
+    let ((), differs) = dist::agree_flags(comm, "parameter check", Ok::<_, Error>(()), &[leader != hash.to_le_bytes()])?;
+    if differs[0] {
         return Err(Error::Ranks(format!(
             "after epoch {epoch} the ranks hold different parameters: run every rank on the same kind of device"
         )));
