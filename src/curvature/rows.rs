@@ -7,10 +7,13 @@ use crate::dist::Ranks;
 use crate::error::Result;
 use crate::solve::Operator;
 
-/// The score rows G of the last build, chunk by chunk, and n (F = (1/n) GᵀG).
+/// The score rows G of the last build, chunk by chunk, and n (F = (1/n) GᵀG); after
+/// [`HeldRows::gather`], every rank's rows, each chunk of one rank's.
 pub(crate) struct HeldRows<B: Backend> {
     pub chunks: Vec<B::Matrix>,
     pub n: usize,
+    /// the rank whose examples each chunk's rows are of (this one's, before a gather)
+    pub owners: Vec<usize>,
 }
 
 impl<B: Backend> HeldRows<B> {
@@ -18,6 +21,7 @@ impl<B: Backend> HeldRows<B> {
         Self {
             chunks: Vec::new(),
             n: 0,
+            owners: Vec::new(),
         }
     }
 
@@ -38,6 +42,7 @@ impl<B: Backend> HeldRows<B> {
         for (c, rows) in self.chunks.iter_mut().zip(spans) {
             b.score_rows(at.mlp, at.theta, at.batch, at.fisher, at.key, rows, c)?;
         }
+        self.owners = vec![at.ranks.comm.rank(); self.chunks.len()];
         Ok(())
     }
 
@@ -52,17 +57,25 @@ impl<B: Backend> HeldRows<B> {
         let mut counts = vec![0.0; comm.ranks()];
         counts[comm.rank()] = self.rows(b) as f64;
         comm.sum_f64("Woodbury row counts", &mut counts)?;
-        let counts: Vec<usize> = counts.iter().map(|&c| c as usize * p).collect();
+        let rows: Vec<usize> = counts.iter().map(|&c| c as usize).collect();
         let local: Vec<f32> = b
             .download_matrices(&self.chunks.iter().collect::<Vec<_>>())?
             .concat();
-        let all = comm.gather_f32("Woodbury score rows", &local, &counts)?;
-        let total = all.len() / p.max(1);
-        let spans = scores::spans(total, scores::chunk_rows(b, p, total)?);
-        self.chunks = spans
-            .iter()
-            .map(|s| b.upload_matrix("score rows G", s.len(), p, &all[s.start * p..s.end * p]))
-            .collect::<Result<_>>()?;
+        let sizes: Vec<usize> = rows.iter().map(|r| r * p).collect();
+        let all = comm.gather_f32("Woodbury score rows", &local, &sizes)?;
+        // each rank's rows cut into chunks of their own, so that a chunk has one owner
+        let chunk = scores::chunk_rows(b, p, rows.iter().copied().max().unwrap_or(1).max(1))?;
+        let (mut chunks, mut owners, mut start) = (Vec::new(), Vec::new(), 0);
+        for (owner, &count) in rows.iter().enumerate() {
+            for span in scores::spans(count, chunk).into_iter().filter(|s| !s.is_empty()) {
+                let (from, to) = ((start + span.start) * p, (start + span.end) * p);
+                chunks.push(b.upload_matrix("score rows G", span.len(), p, &all[from..to])?);
+                owners.push(owner);
+            }
+            start += count;
+        }
+        self.chunks = chunks;
+        self.owners = owners;
         self.n = ranks.total;
         Ok(())
     }

@@ -4,6 +4,7 @@
 use super::rows::{HeldRows, RowsOperator};
 use super::{At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, Representation, Shape};
 use crate::backend::{Backend, CgParams, CgReport};
+use crate::dist::Ranks;
 use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::snapshot::{Snapshot, Tensor};
@@ -35,6 +36,29 @@ impl Representation for Woodbury {
             d: DampingDiagonal::new(mlp),
         }))
     }
+}
+
+/// The Gram matrix `k` (m×m) whole on every rank, from each rank's rows of it (the rows of the
+/// chunks it owns, which come in rank order).
+fn gather_gram<B: Backend>(
+    b: &B,
+    ranks: Ranks<'_>,
+    k: &mut B::Matrix,
+    owners: &[usize],
+    chunks: &[B::Matrix],
+) -> Result<()> {
+    let comm = ranks.comm;
+    let m = b.shape(k).0;
+    let mut rows = vec![0usize; comm.ranks()];
+    for (c, &owner) in chunks.iter().zip(owners) {
+        rows[owner] += b.shape(c).0;
+    }
+    let start: usize = rows[..comm.rank()].iter().sum();
+    let mine = &b.download_matrix(k)?[start * m..(start + rows[comm.rank()]) * m];
+    let sizes: Vec<usize> = rows.iter().map(|r| r * m).collect();
+    let all = comm.gather_f32("Woodbury Gram rows", mine, &sizes)?;
+    *k = b.upload_matrix("Gram matrix GGᵀ", m, m, &all)?;
+    Ok(())
 }
 
 struct WoodburySystem<B: Backend> {
@@ -94,10 +118,17 @@ impl<B: Backend> Curvature<B> for WoodburySystem<B> {
             *u = b.upload_vector("Woodbury u", &u0)?;
         }
         let chunks = &self.rows.chunks;
-        for (ci, &oi) in chunks.iter().zip(&offsets) {
-            for (cj, &oj) in chunks.iter().zip(&offsets) {
-                b.gram_block(k, ci, cj, oi, oj)?;
+        // across ranks each makes the Gram's rows of its own examples, and they are gathered
+        let me = at.ranks.comm.rank();
+        for ((ci, &oi), &owner) in chunks.iter().zip(&offsets).zip(&self.rows.owners) {
+            if owner == me {
+                for (cj, &oj) in chunks.iter().zip(&offsets) {
+                    b.gram_block(k, ci, cj, oi, oj)?;
+                }
             }
+        }
+        if !at.ranks.is_solo() {
+            gather_gram(b, at.ranks, k, &self.rows.owners, chunks)?;
         }
         // h = S g; r = G̃ h
         let mut h = b.zeros_vector("S g", p)?;
@@ -136,6 +167,7 @@ impl<B: Backend> Curvature<B> for WoodburySystem<B> {
 
     fn quad(&mut self, b: &B, at: &mut At<'_, B>, damping: f32, d: &B::Vector) -> Result<f64> {
         let diag = self.d.get(b, damping, at.weight_decay)?;
+        // every rank holds all of G: dᵀAd needs no sum across them
         let mut ad = b.zeros_vector("A d", b.len(d))?;
         RowsOperator { rows: &self.rows, diag }.apply(b, d, &mut ad)?;
         b.dot(d, &ad)
