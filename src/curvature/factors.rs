@@ -174,14 +174,21 @@ impl<B: Backend> KroneckerFactors<B> {
             .map(|m| m.into_iter().map(f64::from).collect())
             .collect();
         if !at.ranks.is_solo() {
-            // the batch's statistics from the ranks' means; symmetric, so only upper triangles move
+            // the batch's statistics from the ranks' means: in f32, as the device made them, and
+            // only their upper triangles (they are symmetric)
             let dims: Vec<usize> = self.dims.iter().map(|d| d.0).chain(self.dims.iter().map(|d| d.1)).collect();
-            let mut packed: Vec<f64> = host.iter().zip(&dims).flat_map(|(m, &d)| upper_triangle(m, d)).collect();
-            at.ranks.mean_f64("K-FAC factors", &mut packed)?;
+            let mut packed: Vec<f32> = host
+                .iter()
+                .zip(&dims)
+                .flat_map(|(m, &d)| upper_triangle(m, d))
+                .map(|v| v as f32)
+                .collect();
+            at.ranks.mean_f32("K-FAC factors", &mut packed)?;
             let mut start = 0;
             for (m, &d) in host.iter_mut().zip(&dims) {
                 let len = d * (d + 1) / 2;
-                *m = symmetric_from_upper(&packed[start..start + len], d);
+                let upper: Vec<f64> = packed[start..start + len].iter().map(|&v| v as f64).collect();
+                *m = symmetric_from_upper(&upper, d);
                 start += len;
             }
         }
