@@ -178,7 +178,7 @@ fn check_kfac<B: Backend>(b: &B) {
             let x = normal(&mut rng(8), mlp.num_params());
             let xv = b.upload_vector("x", &x).unwrap();
             let mut y = b.zeros_vector("y", mlp.num_params()).unwrap();
-            b.kronecker_product(&mlp, &s, &a, &xv, &mut y).unwrap();
+            b.kronecker_product(&mlp, &s, &a, &xv, &mut y, &vec![true; mlp.layers().len()]).unwrap();
             let y = b.download_vector(&y).unwrap();
             let mut want = vec![0.0f64; mlp.num_params()];
             for (l, layer) in mlp.layers().iter().enumerate() {
@@ -213,6 +213,22 @@ fn check_kfac<B: Backend>(b: &B) {
                 likelihood.name(),
                 kind.name()
             );
+            // the layers a mask leaves out keep what y held (ranks share the layers out)
+            let mask: Vec<bool> = (0..mlp.layers().len()).map(|l| l % 2 == 1).collect();
+            let held = vec![7.0f32; mlp.num_params()];
+            let mut y = b.upload_vector("y", &held).unwrap();
+            b.kronecker_product(&mlp, &s, &a, &xv, &mut y, &mask).unwrap();
+            let y = b.download_vector(&y).unwrap();
+            for (l, layer) in mlp.layers().iter().enumerate() {
+                let span = layer.weight..layer.bias + layer.fan_out;
+                if mask[l] {
+                    let want: Vec<f64> = want[span.clone()].to_vec();
+                    let err = reference::rel_error(&y[span], &want);
+                    assert!(err < 1e-4, "{}: masked-in layer {l} off by {err:.2e}", b.kind());
+                } else {
+                    assert!(y[span].iter().all(|&v| v == 7.0), "{}: masked-out layer {l} was written", b.kind());
+                }
+            }
         }
     }
 }

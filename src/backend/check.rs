@@ -85,6 +85,18 @@ pub fn check_fisher_kind(kind: FisherKind) -> Result<()> {
 }
 
 /// Checks K-FAC's factors: one pair per layer, `a[l]` (fan_in+1)², `s[l]` fan_out².
+/// A mask with one entry per layer.
+pub fn check_layer_mask(mlp: &Mlp, layers: &[bool]) -> Result<()> {
+    if layers.len() != mlp.layers().len() {
+        return Err(Error::Shape(format!(
+            "a mask of {} layers for a model of {}",
+            layers.len(),
+            mlp.layers().len()
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_kfac(mlp: &Mlp, a: &[(usize, usize)], s: &[(usize, usize)]) -> Result<()> {
     let layers = mlp.layers();
     if a.len() != layers.len() || s.len() != layers.len() {

@@ -454,7 +454,9 @@ pub trait MlpOps: BlasOps {
 
     /// Per layer, `Y_l = S_l · X_l · A_l` with `X_l = [W_l | b_l]` the layer's block of x as a
     /// fan_out × (fan_in+1) matrix, into y: the Kronecker-factored `(A ⊗ S)` applied layer by
-    /// layer (with inverses: K-FAC's step).
+    /// layer (with inverses: K-FAC's step). Only the layers `layers` marks are made; y's other
+    /// blocks are left as they are (ranks that share the layers out).
+    #[allow(clippy::too_many_arguments)]
     fn kronecker_product(
         &self,
         mlp: &Mlp,
@@ -462,6 +464,7 @@ pub trait MlpOps: BlasOps {
         a: &[Self::Matrix],
         x: &Self::Vector,
         y: &mut Self::Vector,
+        layers: &[bool],
     ) -> Result<()>;
 }
 

@@ -444,8 +444,9 @@ impl<B: Backend> MlpOps for Profiled<'_, B> {
         a: &[B::Matrix],
         x: &B::Vector,
         y: &mut B::Vector,
+        layers: &[bool],
     ) -> Result<()> {
-        self.timed(|| self.inner.kronecker_product(mlp, s, a, x, y))
+        self.timed(|| self.inner.kronecker_product(mlp, s, a, x, y, layers))
     }
 }
 

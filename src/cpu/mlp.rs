@@ -471,10 +471,17 @@ pub fn kfac_factors(
 
 /// Per layer, `Y_l = S_l · X_l · A_l` with `X_l = [W_l | b_l]` of x (fan_out × (fan_in+1)), into y's
 /// layer blocks: a Kronecker-factored matrix applied to the parameters.
-pub fn kronecker_product(mlp: &Mlp, s: &[CpuMatrix], a: &[CpuMatrix], x: &[f32], y: &mut [f32]) -> Result<()> {
+pub fn kronecker_product(
+    mlp: &Mlp,
+    s: &[CpuMatrix],
+    a: &[CpuMatrix],
+    x: &[f32],
+    y: &mut [f32],
+    layers: &[bool],
+) -> Result<()> {
     mlp.check_params(x.len())?;
     mlp.check_params(y.len())?;
-    for (l, layer) in mlp.layers().iter().enumerate() {
+    for (l, layer) in mlp.layers().iter().enumerate().filter(|(l, _)| layers[*l]) {
         let (fan_in, fan_out, width) = (layer.fan_in, layer.fan_out, layer.fan_in + 1);
         let mut block = vec![0.0f32; fan_out * width];
         for o in 0..fan_out {
@@ -652,8 +659,10 @@ impl MlpOps for Cpu {
         a: &[CpuMatrix],
         x: &Vec<f32>,
         y: &mut Vec<f32>,
+        layers: &[bool],
     ) -> Result<()> {
         backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
-        kronecker_product(mlp, s, a, x, y)
+        backend::check_layer_mask(mlp, layers)?;
+        kronecker_product(mlp, s, a, x, y, layers)
     }
 }

@@ -10,7 +10,7 @@ use faer::{Mat, Side};
 
 use super::{At, Need, Shape};
 use crate::backend::Backend;
-use crate::dist::{Collective, symmetric_from_upper, upper_triangle};
+use crate::dist::{Collective, fill_symmetric, upper_triangle};
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
 use crate::snapshot::Snapshot;
@@ -168,30 +168,28 @@ impl<B: Backend> KroneckerFactors<B> {
             self.record(b, at)?;
         }
         let pending = self.pending.take().ok_or_else(no_factors)?;
-        let mut host: Vec<Vec<f64>> = b
-            .collect(pending)?
-            .into_iter()
-            .map(|m| m.into_iter().map(f64::from).collect())
-            .collect();
+        let mut stats = b.collect(pending)?;
         if !at.ranks.is_solo() {
             // the batch's statistics from the ranks' means: in f32, as the device made them, and
             // only their upper triangles (they are symmetric)
             let dims: Vec<usize> = self.dims.iter().map(|d| d.0).chain(self.dims.iter().map(|d| d.1)).collect();
-            let mut packed: Vec<f32> = host
+            let mut packed: Vec<f32> = stats
                 .iter()
                 .zip(&dims)
                 .flat_map(|(m, &d)| upper_triangle(m, d))
-                .map(|v| v as f32)
                 .collect();
             at.ranks.mean_f32("K-FAC factors", &mut packed)?;
             let mut start = 0;
-            for (m, &d) in host.iter_mut().zip(&dims) {
+            for (m, &d) in stats.iter_mut().zip(&dims) {
                 let len = d * (d + 1) / 2;
-                let upper: Vec<f64> = packed[start..start + len].iter().map(|&v| v as f64).collect();
-                *m = symmetric_from_upper(&upper, d);
+                fill_symmetric(m, &packed[start..start + len], d);
                 start += len;
             }
         }
+        let mut host: Vec<Vec<f64>> = stats
+            .into_iter()
+            .map(|m| m.into_iter().map(f64::from).collect())
+            .collect();
         let s = host.split_off(self.batch_a.len());
         let a = host;
         if a.iter().chain(&s).flatten().any(|v| !v.is_finite()) {
@@ -270,7 +268,7 @@ impl<B: Backend> KroneckerFactors<B> {
             factors.push((fa, da, pi * root));
             factors.push((fs, ds, root / pi));
         }
-        let owners = owners(&factors.iter().map(|f| f.1).collect::<Vec<_>>(), comm.ranks());
+        let owners = factor_owners(&factors.iter().map(|f| f.1).collect::<Vec<_>>(), comm.ranks());
         // each as [made, raised, inverse…]: first every rank inverts its own, then all are sent
         let mut made: Vec<Vec<f32>> = factors
             .iter()
@@ -401,10 +399,42 @@ impl<B: Backend> KroneckerFactors<B> {
         Ok(())
     }
 
-    /// `d = M⁻¹ g`, layer by layer, with the γ of the last [`Self::prepare`].
-    pub fn apply(&self, b: &B, mlp: &Mlp, g: &B::Vector, d: &mut B::Vector) -> Result<()> {
+    /// `d = M⁻¹ g`, layer by layer, with the γ of the last [`Self::prepare`]. Across the ranks
+    /// of `comm` each makes the layers it owns (the costliest first, each to the least loaded
+    /// rank) and the ranks gather them, so every rank holds the whole d.
+    pub fn apply(&self, b: &B, mlp: &Mlp, g: &B::Vector, d: &mut B::Vector, comm: &dyn Collective) -> Result<()> {
         match &self.inverses {
-            Some((_, Inverse::Factored { a, s })) => b.kronecker_product(mlp, s, a, g, d),
+            Some((_, Inverse::Factored { a, s })) if comm.ranks() > 1 => {
+                let owner = layer_owners(mlp, comm.ranks());
+                let mine: Vec<bool> = owner.iter().map(|&o| o == comm.rank()).collect();
+                b.kronecker_product(mlp, s, a, g, d, &mine)?;
+                // a layer's weight and bias are one span of the parameters
+                let spans: Vec<std::ops::Range<usize>> =
+                    mlp.layers().iter().map(|l| l.weight..l.bias + l.fan_out).collect();
+                let made = b.download_vector(d)?;
+                let local: Vec<f32> = spans
+                    .iter()
+                    .zip(&mine)
+                    .filter(|(_, m)| **m)
+                    .flat_map(|(span, _)| made[span.clone()].iter().copied())
+                    .collect();
+                let mut counts = vec![0; comm.ranks()];
+                for (span, &o) in spans.iter().zip(&owner) {
+                    counts[o] += span.len();
+                }
+                let all = comm.gather_f32("K-FAC direction", &local, &counts)?;
+                let mut whole = vec![0.0f32; made.len()];
+                let mut at = 0;
+                for rank in 0..comm.ranks() {
+                    for (span, _) in spans.iter().zip(&owner).filter(|(_, o)| **o == rank) {
+                        whole[span.clone()].copy_from_slice(&all[at..at + span.len()]);
+                        at += span.len();
+                    }
+                }
+                *d = b.upload_vector("K-FAC direction", &whole)?;
+                Ok(())
+            }
+            Some((_, Inverse::Factored { a, s })) => b.kronecker_product(mlp, s, a, g, d, &vec![true; a.len()]),
             Some((_, Inverse::Diagonal(scale))) => b.scale_add(scale, g, 0.0, d),
             None => Err(Error::InvalidArgument {
                 name: "K-FAC",
@@ -414,19 +444,36 @@ impl<B: Backend> KroneckerFactors<B> {
     }
 }
 
-/// Which rank inverts each factor of dimension `dims[k]`: the largest first, each to the rank with
-/// the least work so far (a Cholesky costs dim³); rank 0 alone in one process.
-fn owners(dims: &[usize], ranks: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..dims.len()).collect();
-    order.sort_by_key(|&k| std::cmp::Reverse(dims[k]));
+/// Which rank applies each layer's inverse factors in K-FAC's step: the costliest layer first
+/// (its two products cost out·(in+1)·(in+1+out)), each to the least loaded rank.
+fn layer_owners(mlp: &Mlp, ranks: usize) -> Vec<usize> {
+    let cost: Vec<f64> = mlp
+        .layers()
+        .iter()
+        .map(|l| (l.fan_out * (l.fan_in + 1) * (l.fan_in + 1 + l.fan_out)) as f64)
+        .collect();
+    least_loaded(&cost, ranks)
+}
+
+/// Each job of `cost` to a rank, the costliest first, each to the rank with the least so far
+/// (longest-processing-time scheduling); ties go to the lowest rank.
+fn least_loaded(cost: &[f64], ranks: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..cost.len()).collect();
+    order.sort_by(|&i, &j| cost[j].total_cmp(&cost[i]));
     let mut load = vec![0f64; ranks.max(1)];
-    let mut owner = vec![0; dims.len()];
+    let mut owner = vec![0; cost.len()];
     for k in order {
         let least = (0..load.len()).min_by(|&i, &j| load[i].total_cmp(&load[j])).unwrap_or(0);
         owner[k] = least;
-        load[least] += (dims[k] as f64).powi(3);
+        load[least] += cost[k];
     }
     owner
+}
+
+/// Which rank inverts each factor of dimension `dims[k]`: the largest first, each to the rank with
+/// the least work so far (a Cholesky costs dim³); rank 0 alone in one process.
+fn factor_owners(dims: &[usize], ranks: usize) -> Vec<usize> {
+    least_loaded(&dims.iter().map(|&d| (d as f64).powi(3)).collect::<Vec<_>>(), ranks)
 }
 
 fn no_factors() -> Error {

@@ -8,6 +8,7 @@ use super::{
     At, Curvature, CurvatureSettings, DampingDiagonal, Limits, Need, PreconditionerKind, Representation, Shape,
 };
 use crate::backend::{Backend, CgParams, CgReport};
+use crate::dist::Solo;
 use crate::error::Result;
 use crate::model::Mlp;
 use crate::snapshot::Snapshot;
@@ -148,6 +149,7 @@ struct KfacPreconditioner<'s, B: Backend> {
 
 impl<B: Backend> Preconditioner<B> for KfacPreconditioner<'_, B> {
     fn apply_inverse(&mut self, b: &B, r: &B::Vector, z: &mut B::Vector) -> Result<()> {
-        self.factors.apply(b, self.mlp, r, z)
+        // every rank applies all of it: sharing it out would cost a gather per CG iteration
+        self.factors.apply(b, self.mlp, r, z, &Solo)
     }
 }

@@ -784,6 +784,7 @@ impl MlpKernels {
     }
 
     /// Per layer `Y = S·[X_W | X_b]·A` on the matmul kernel, through a scratch vector for X·A.
+    #[allow(clippy::too_many_arguments)]
     pub fn kronecker_product(
         &self,
         ctx: &GpuContext,
@@ -792,6 +793,7 @@ impl MlpKernels {
         a: &[GpuMatrix],
         x: &GpuVector,
         y: &GpuVector,
+        layers: &[bool],
     ) -> Result<()> {
         mlp.check_params(x.len)?;
         mlp.check_params(y.len)?;
@@ -799,7 +801,7 @@ impl MlpKernels {
         ctx.record(|encoder| -> Result<()> {
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                for (l, layer) in mlp.layers().iter().enumerate() {
+                for (l, layer) in mlp.layers().iter().enumerate().filter(|(l, _)| layers[*l]) {
                     let (fi, fo, w, b) = (layer.fan_in, layer.fan_out, layer.weight, layer.bias);
                     let (abuf, lda) = (&a[l].buffer, a[l].ld());
                     let x_w = View::rows(&x.buffer, w, fi);
@@ -1073,9 +1075,11 @@ impl MlpOps for Gpu {
         a: &[GpuMatrix],
         x: &GpuVector,
         y: &mut GpuVector,
+        layers: &[bool],
     ) -> Result<()> {
         backend::check_kfac(mlp, &shapes(a), &shapes(s))?;
-        self.mlp()?.kronecker_product(&self.ctx, mlp, s, a, x, y)
+        backend::check_layer_mask(mlp, layers)?;
+        self.mlp()?.kronecker_product(&self.ctx, mlp, s, a, x, y, layers)
     }
 }
 
