@@ -146,6 +146,30 @@ fn ranks_follow_one_process_step_by_step_for_every_representation() {
     }
 }
 
+/// K-FAC's step shared out by layer where the layers weigh alike (each rank applies its layers'
+/// inverse factors, the direction's blocks gathered): one process's steps all the same.
+#[test]
+fn kfac_shared_out_by_layer_follows_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = RunConfig {
+        hidden: vec![8, 8, 8],
+        batch: 100,
+        ..config("blobs", ngd(CurvatureKind::Kfac), &dir.path().join("kfac-1"))
+    };
+    solo(&base);
+    for ranks in [2, 3] {
+        let cfg = RunConfig {
+            out: dir.path().join(format!("kfac-{ranks}")),
+            ..base.clone()
+        };
+        let many = on_ranks(&cfg, ranks);
+        let curve = worst(&step_losses(&cfg.out), &step_losses(&base.out));
+        assert!(curve < 1e-5, "{ranks} ranks: steps differ by {curve:e}");
+        let moved = many.communication_per_step.unwrap();
+        assert!(moved.contains_key("K-FAC direction"), "the layers were not shared out: {moved:?}");
+    }
+}
+
 /// On the GPU (each rank its own device): the dense Fisher summed across ranks and solved by the
 /// device's fused CG, K-FAC, and matrix-free CG as the host's loop with each product summed.
 #[test]

@@ -400,12 +400,11 @@ impl<B: Backend> KroneckerFactors<B> {
     }
 
     /// `d = M⁻¹ g`, layer by layer, with the γ of the last [`Self::prepare`]. Across the ranks
-    /// of `comm` each makes the layers it owns (the costliest first, each to the least loaded
-    /// rank) and the ranks gather them, so every rank holds the whole d.
+    /// of `comm`, where sharing the layers out saves at least a quarter of the work, each rank
+    /// makes the layers it owns and the ranks gather them, so every rank holds the whole d.
     pub fn apply(&self, b: &B, mlp: &Mlp, g: &B::Vector, d: &mut B::Vector, comm: &dyn Collective) -> Result<()> {
         match &self.inverses {
-            Some((_, Inverse::Factored { a, s })) if comm.ranks() > 1 => {
-                let owner = layer_owners(mlp, comm.ranks());
+            Some((_, Inverse::Factored { a, s })) if let Some(owner) = layer_owners(mlp, comm.ranks()) => {
                 let mine: Vec<bool> = owner.iter().map(|&o| o == comm.rank()).collect();
                 b.kronecker_product(mlp, s, a, g, d, &mine)?;
                 // a layer's weight and bias are one span of the parameters
@@ -444,15 +443,26 @@ impl<B: Backend> KroneckerFactors<B> {
     }
 }
 
-/// Which rank applies each layer's inverse factors in K-FAC's step: the costliest layer first
-/// (its two products cost out·(in+1)·(in+1+out)), each to the least loaded rank.
-fn layer_owners(mlp: &Mlp, ranks: usize) -> Vec<usize> {
+/// Which rank applies each layer's inverse factors in K-FAC's step (the costliest layer first,
+/// its two products costing out·(in+1)·(in+1+out), each to the least loaded rank), where that
+/// saves at least a quarter of the work: `None` in one process, or when one layer outweighs the
+/// rest (every rank then applies them all, and nothing is gathered).
+fn layer_owners(mlp: &Mlp, ranks: usize) -> Option<Vec<usize>> {
+    if ranks < 2 {
+        return None;
+    }
     let cost: Vec<f64> = mlp
         .layers()
         .iter()
         .map(|l| (l.fan_out * (l.fan_in + 1) * (l.fan_in + 1 + l.fan_out)) as f64)
         .collect();
-    least_loaded(&cost, ranks)
+    let owner = least_loaded(&cost, ranks);
+    let mut load = vec![0.0; ranks];
+    for (c, &o) in cost.iter().zip(&owner) {
+        load[o] += c;
+    }
+    let most = load.iter().copied().fold(0.0, f64::max);
+    (most <= 0.75 * cost.iter().sum::<f64>()).then_some(owner)
 }
 
 /// Each job of `cost` to a rank, the costliest first, each to the rank with the least so far
