@@ -178,7 +178,8 @@ fn check_kfac<B: Backend>(b: &B) {
             let x = normal(&mut rng(8), mlp.num_params());
             let xv = b.upload_vector("x", &x).unwrap();
             let mut y = b.zeros_vector("y", mlp.num_params()).unwrap();
-            b.kronecker_product(&mlp, &s, &a, &xv, &mut y, &vec![true; mlp.layers().len()]).unwrap();
+            b.kronecker_product(&mlp, &s, &a, &xv, &mut y, &vec![true; mlp.layers().len()])
+                .unwrap();
             let y = b.download_vector(&y).unwrap();
             let mut want = vec![0.0f64; mlp.num_params()];
             for (l, layer) in mlp.layers().iter().enumerate() {
@@ -226,7 +227,11 @@ fn check_kfac<B: Backend>(b: &B) {
                     let err = reference::rel_error(&y[span], &want);
                     assert!(err < 1e-4, "{}: masked-in layer {l} off by {err:.2e}", b.kind());
                 } else {
-                    assert!(y[span].iter().all(|&v| v == 7.0), "{}: masked-out layer {l} was written", b.kind());
+                    assert!(
+                        y[span].iter().all(|&v| v == 7.0),
+                        "{}: masked-out layer {l} was written",
+                        b.kind()
+                    );
                 }
             }
         }

@@ -38,8 +38,7 @@ impl Drop for Job {
 }
 
 fn run(mut c: Command) -> Output {
-    let out = c.output().expect("mpirun runs (apt-get install openmpi-bin)");
-    out
+    c.output().expect("mpirun runs (apt-get install openmpi-bin)")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -69,7 +68,10 @@ fn path(p: &Path) -> &str {
 fn two_ranks_end_where_one_process_ends_on_the_cpu_and_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     for device in ["cpu", "gpu"] {
-        let (one, two) = (dir.path().join(format!("{device}-1")), dir.path().join(format!("{device}-2")));
+        let (one, two) = (
+            dir.path().join(format!("{device}-1")),
+            dir.path().join(format!("{device}-2")),
+        );
         let o = alone(&["--device", device, "--out", path(&one)]);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let o = run(mpirun(2, &["--device", device, "--out", path(&two)]));
@@ -114,7 +116,16 @@ fn ranks_of(marker: &str) -> Vec<(usize, u32)> {
 fn signal_rank_one(out: &Path, signal: &str) -> (Output, Duration) {
     let mut c = mpirun_with(
         2,
-        &["--device", "cpu", "--hidden", "8", "--steps", "100000000", "--out", path(out)],
+        &[
+            "--device",
+            "cpu",
+            "--hidden",
+            "8",
+            "--steps",
+            "100000000",
+            "--out",
+            path(out),
+        ],
         &[("NATGRAD_MPI_TIMEOUT_S", "3")],
     );
     let mut job = Job(Some(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
@@ -125,7 +136,9 @@ fn signal_rank_one(out: &Path, signal: &str) -> (Output, Duration) {
     }
     std::thread::sleep(Duration::from_millis(500));
     let (_, pid) = *ranks_of(path(out)).iter().find(|(r, _)| *r == 1).unwrap();
-    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
     assert!(status.unwrap().success());
     let signalled = Instant::now();
     let output = job.0.take().unwrap().wait_with_output().unwrap();
@@ -164,7 +177,19 @@ fn a_hung_rank_ends_the_job_within_the_timeout_with_its_rank_named() {
 fn sigusr1_stops_every_rank_after_saving_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stopped");
-    let c = mpirun(2, &["--device", "cpu", "--hidden", "8", "--steps", "100000000", "--out", path(&out)]);
+    let c = mpirun(
+        2,
+        &[
+            "--device",
+            "cpu",
+            "--hidden",
+            "8",
+            "--steps",
+            "100000000",
+            "--out",
+            path(&out),
+        ],
+    );
     let mut job = Job(Some({
         let mut c = c;
         c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
@@ -176,7 +201,13 @@ fn sigusr1_stops_every_rank_after_saving_and_the_run_resumes() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let pid = job.0.as_ref().unwrap().id();
-    assert!(Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let o = job.0.take().unwrap().wait_with_output().unwrap();
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{stderr}");
@@ -222,7 +253,10 @@ fn a_bad_row_in_one_ranks_part_is_told_once() {
     let mut rows: Vec<String> = (0..200).map(|i| format!("{},{},{}", i % 7, i % 5, i % 2)).collect();
     rows[180] = "1,oops,0".into();
     std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
-    let o = run(mpirun(2, &["--data", path(&csv), "--out", path(&dir.path().join("bad"))]));
+    let o = run(mpirun(
+        2,
+        &["--data", path(&csv), "--out", path(&dir.path().join("bad"))],
+    ));
     let stderr = text(&o.stderr);
     assert!(!o.status.success());
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("natgrad: error")).collect();

@@ -90,7 +90,10 @@ fn on_ranks_on(cfg: &RunConfig, ranks: usize, gpu: bool) -> Summary {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for s in &summaries[1..] {
-        assert_eq!(s.train_loss, summaries[0].train_loss, "every rank ends where rank 0 does");
+        assert_eq!(
+            s.train_loss, summaries[0].train_loss,
+            "every rank ends where rank 0 does"
+        );
     }
     summaries.into_iter().next().unwrap()
 }
@@ -166,7 +169,10 @@ fn kfac_shared_out_by_layer_follows_one_process() {
         let curve = worst(&step_losses(&cfg.out), &step_losses(&base.out));
         assert!(curve < 1e-5, "{ranks} ranks: steps differ by {curve:e}");
         let moved = many.communication_per_step.unwrap();
-        assert!(moved.contains_key("K-FAC direction"), "the layers were not shared out: {moved:?}");
+        assert!(
+            moved.contains_key("K-FAC direction"),
+            "the layers were not shared out: {moved:?}"
+        );
     }
 }
 

@@ -57,8 +57,16 @@ pub fn banner(
     ranks: usize,
 ) {
     let widths: Vec<String> = prepared.mlp.widths().iter().map(usize::to_string).collect();
-    let held = if held > 0 { format!(", {held} held out") } else { String::new() };
-    let ranks = if ranks > 1 { format!(", {ranks} ranks") } else { String::new() };
+    let held = if held > 0 {
+        format!(", {held} held out")
+    } else {
+        String::new()
+    };
+    let ranks = if ranks > 1 {
+        format!(", {ranks} ranks")
+    } else {
+        String::new()
+    };
     println!(
         "natgrad train: {} ({examples} examples{held}), MLP {} ({} parameters, {}), {} on {}{ranks}",
         prepared.train.name,

@@ -59,7 +59,14 @@ fn share_cores(comm: &Mpi) {
 fn run(args: &TrainArgs, comm: &Mpi) -> Result<()> {
     let leads = comm.rank() == 0;
     // rank 0's settings for every rank: its fresh default directory, its resumed state
-    let cfg = dist::agree(comm, if leads { args.run_config() } else { Ok(RunConfig::default()) })?;
+    let cfg = dist::agree(
+        comm,
+        if leads {
+            args.run_config()
+        } else {
+            Ok(RunConfig::default())
+        },
+    )?;
     let mut settings = if leads { serde_json::to_vec(&cfg)? } else { Vec::new() };
     comm.broadcast_bytes("settings", 0, &mut settings)?;
     let cfg: RunConfig = serde_json::from_slice(&settings)?;
@@ -69,7 +76,12 @@ fn run(args: &TrainArgs, comm: &Mpi) -> Result<()> {
         comm,
         device::open_for_rank(dev.device, dev.adapter.as_deref(), comm.local_rank()),
     )?;
-    let ((), kinds) = dist::agree_flags(comm, "devices", Ok::<_, Error>(()), &[b.kind() == "gpu", b.kind() == "cpu"])?;
+    let ((), kinds) = dist::agree_flags(
+        comm,
+        "devices",
+        Ok::<_, Error>(()),
+        &[b.kind() == "gpu", b.kind() == "cpu"],
+    )?;
     if kinds[0] && kinds[1] {
         return Err(Error::InvalidArgument {
             name: "--device",
@@ -81,7 +93,13 @@ fn run(args: &TrainArgs, comm: &Mpi) -> Result<()> {
     }
     if leads {
         eprintln!("natgrad: {notice} (rank 0 of {}; every rank on its own)", comm.ranks());
-        banner(&prepared, (layout.train_total(), layout.val_total), &cfg, &b, comm.ranks());
+        banner(
+            &prepared,
+            (layout.train_total(), layout.val_total),
+            &cfg,
+            &b,
+            comm.ranks(),
+        );
     }
     let mut progress = Progress::new();
     let mut on_event = |e: train::Event| {
@@ -132,6 +150,10 @@ fn report(comm: &Mpi, e: anyhow::Error) -> Reported {
         }
     }
     Reported {
-        code: if matches!(own, Some(Error::Interrupted { .. })) { 130 } else { 1 },
+        code: if matches!(own, Some(Error::Interrupted { .. })) {
+            130
+        } else {
+            1
+        },
     }
 }

@@ -172,7 +172,12 @@ impl<B: Backend> KroneckerFactors<B> {
         if !at.ranks.is_solo() {
             // the batch's statistics from the ranks' means: in f32, as the device made them, and
             // only their upper triangles (they are symmetric)
-            let dims: Vec<usize> = self.dims.iter().map(|d| d.0).chain(self.dims.iter().map(|d| d.1)).collect();
+            let dims: Vec<usize> = self
+                .dims
+                .iter()
+                .map(|d| d.0)
+                .chain(self.dims.iter().map(|d| d.1))
+                .collect();
             let mut packed: Vec<f32> = stats
                 .iter()
                 .zip(&dims)
@@ -473,7 +478,9 @@ fn least_loaded(cost: &[f64], ranks: usize) -> Vec<usize> {
     let mut load = vec![0f64; ranks.max(1)];
     let mut owner = vec![0; cost.len()];
     for k in order {
-        let least = (0..load.len()).min_by(|&i, &j| load[i].total_cmp(&load[j])).unwrap_or(0);
+        let least = (0..load.len())
+            .min_by(|&i, &j| load[i].total_cmp(&load[j]))
+            .unwrap_or(0);
         owner[k] = least;
         load[least] += cost[k];
     }

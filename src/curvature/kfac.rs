@@ -54,7 +54,8 @@ impl<B: Backend> Curvature<B> for KroneckerFactored<B> {
         d: &mut B::Vector,
         _: &CgParams,
     ) -> Result<CgReport> {
-        self.factors.prepare(b, at.mlp, damping + at.weight_decay, at.ranks.comm)?;
+        self.factors
+            .prepare(b, at.mlp, damping + at.weight_decay, at.ranks.comm)?;
         self.factors.apply(b, at.mlp, g, d, at.ranks.comm)?;
         // no iteration, and no residual of the exact system measured
         Ok(CgReport {

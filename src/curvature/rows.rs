@@ -58,9 +58,7 @@ impl<B: Backend> HeldRows<B> {
         counts[comm.rank()] = self.rows(b) as f64;
         comm.sum_f64("Woodbury row counts", &mut counts)?;
         let rows: Vec<usize> = counts.iter().map(|&c| c as usize).collect();
-        let local: Vec<f32> = b
-            .download_matrices(&self.chunks.iter().collect::<Vec<_>>())?
-            .concat();
+        let local: Vec<f32> = b.download_matrices(&self.chunks.iter().collect::<Vec<_>>())?.concat();
         let sizes: Vec<usize> = rows.iter().map(|r| r * p).collect();
         let all = comm.gather_f32("Woodbury score rows", &local, &sizes)?;
         // each rank's rows cut into chunks of their own, so that a chunk has one owner

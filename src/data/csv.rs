@@ -156,7 +156,10 @@ pub fn read_part(path: &Path, part: usize, parts: usize) -> Result<Table> {
     let text = String::from_utf8(bytes).map_err(|e| DataError {
         source: source.clone(),
         line: None,
-        msg: format!("not UTF-8 text near byte {}", start + e.utf8_error().valid_up_to() as u64),
+        msg: format!(
+            "not UTF-8 text near byte {}",
+            start + e.utf8_error().valid_up_to() as u64
+        ),
     })?;
     parse_rows(&source, &text, Rows::Part { first: start == 0 }).map_err(|mut e| {
         // the part's line numbers are its own: add the lines of the file before it

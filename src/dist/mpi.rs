@@ -192,7 +192,11 @@ impl Mpi {
         mpi::request::scope(|scope| {
             let sent: Vec<_> = (0..ranks)
                 .filter(|&r| r != me)
-                .map(|r| self.roll.process_at_rank(r).immediate_send_with_tag(scope, &mine[..], ROLL))
+                .map(|r| {
+                    self.roll
+                        .process_at_rank(r)
+                        .immediate_send_with_tag(scope, &mine[..], ROLL)
+                })
                 .collect();
             let grace = (self.timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
             let asked = Instant::now();
@@ -230,7 +234,11 @@ fn verdict(me: usize, what: &str, call: u64, waited: Duration, seen: &[Option<(u
     let elsewhere: Vec<String> = seen
         .iter()
         .enumerate()
-        .filter_map(|(r, s)| s.as_ref().filter(|(c, _)| *c != call).map(|(c, w)| format!("rank {r} in {w} (call {c})")))
+        .filter_map(|(r, s)| {
+            s.as_ref()
+                .filter(|(c, _)| *c != call)
+                .map(|(c, w)| format!("rank {r} in {w} (call {c})"))
+        })
         .collect();
     let at = format!("rank {me} waited {secs:.0} s in {what} (call {call})");
     if !silent.is_empty() {
@@ -282,33 +290,44 @@ impl Collective for Mpi {
 
     fn sum_f32(&self, what: &'static str, v: &mut [f32]) -> Result<()> {
         let send = v.to_vec();
-        collective!(self, what, 4 * v.len(), |scope| self.world
-                .immediate_all_reduce_into(scope, &send[..], v, SystemOperation::sum()))
+        collective!(self, what, 4 * v.len(), |scope| self.world.immediate_all_reduce_into(
+            scope,
+            &send[..],
+            v,
+            SystemOperation::sum()
+        ))
     }
 
     fn sum_f64(&self, what: &'static str, v: &mut [f64]) -> Result<()> {
         let send = v.to_vec();
-        collective!(self, what, 8 * v.len(), |scope| self.world
-                .immediate_all_reduce_into(scope, &send[..], v, SystemOperation::sum()))
+        collective!(self, what, 8 * v.len(), |scope| self.world.immediate_all_reduce_into(
+            scope,
+            &send[..],
+            v,
+            SystemOperation::sum()
+        ))
     }
 
     fn broadcast_f32(&self, what: &'static str, root: usize, v: &mut [f32]) -> Result<()> {
         let bytes = if root == self.rank() { 4 * v.len() } else { 0 };
-        collective!(self, what, bytes, |scope| self.world
-                .process_at_rank(root as Rank)
-                .immediate_broadcast_into(scope, v))
+        collective!(self, what, bytes, |scope| self
+            .world
+            .process_at_rank(root as Rank)
+            .immediate_broadcast_into(scope, v))
     }
 
     fn broadcast_bytes(&self, what: &'static str, root: usize, v: &mut Vec<u8>) -> Result<()> {
         let mut len = [v.len() as u64];
-        collective!(self, what, 8, |scope| self.world
-                .process_at_rank(root as Rank)
-                .immediate_broadcast_into(scope, &mut len[..]))?;
+        collective!(self, what, 8, |scope| self
+            .world
+            .process_at_rank(root as Rank)
+            .immediate_broadcast_into(scope, &mut len[..]))?;
         v.resize(len[0] as usize, 0);
         let bytes = if root == self.rank() { v.len() } else { 0 };
-        collective!(self, what, bytes, |scope| self.world
-                .process_at_rank(root as Rank)
-                .immediate_broadcast_into(scope, &mut v[..]))
+        collective!(self, what, bytes, |scope| self
+            .world
+            .process_at_rank(root as Rank)
+            .immediate_broadcast_into(scope, &mut v[..]))
     }
 
     fn gather_f32(&self, what: &'static str, local: &[f32], all: &[usize]) -> Result<Vec<f32>> {
@@ -322,8 +341,9 @@ impl Collective for Mpi {
         }
         let mut out = vec![0.0f32; all.iter().sum()];
         let mut recv = PartitionMut::new(&mut out[..], c, d);
-        collective!(self, what, 4 * local.len(), |scope| self.world
-                .immediate_all_gather_varcount_into(scope, local, &mut recv))?;
+        collective!(self, what, 4 * local.len(), |scope| self
+            .world
+            .immediate_all_gather_varcount_into(scope, local, &mut recv))?;
         Ok(out)
     }
 
@@ -339,8 +359,9 @@ impl Collective for Mpi {
         let mut out = vec![0.0f32; recv_counts.iter().sum()];
         let sent = Partition::new(send, sc, sd);
         let mut recv = PartitionMut::new(&mut out[..], rc, rd);
-        collective!(self, what, 4 * send.len(), |scope| self.world
-                .immediate_all_to_all_varcount_into(scope, &sent, &mut recv))?;
+        collective!(self, what, 4 * send.len(), |scope| self
+            .world
+            .immediate_all_to_all_varcount_into(scope, &sent, &mut recv))?;
         Ok(out)
     }
 

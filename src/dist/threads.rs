@@ -133,7 +133,11 @@ impl Collective for Team {
 
     fn broadcast_f32(&self, what: &'static str, root: usize, v: &mut [f32]) -> Result<()> {
         let all = self.round(what, Payload::F32(v.to_vec()), 4 * v.len() as u64)?;
-        let theirs = f32s(all.into_iter().nth(root).ok_or_else(|| Error::Ranks(format!("{what}: no rank {root}")))?);
+        let theirs = f32s(
+            all.into_iter()
+                .nth(root)
+                .ok_or_else(|| Error::Ranks(format!("{what}: no rank {root}")))?,
+        );
         check_lengths(what, v.len(), &[theirs.len()])?;
         v.copy_from_slice(&theirs);
         Ok(())
@@ -249,6 +253,9 @@ mod tests {
             let what = if t.rank() == 0 { "gradient" } else { "loss" };
             t.sum_f64(what, &mut v).map_err(|e| e.to_string())
         });
-        assert!(out.iter().all(|r| r.as_ref().is_err_and(|e| e.contains("out of step"))), "{out:?}");
+        assert!(
+            out.iter().all(|r| r.as_ref().is_err_and(|e| e.contains("out of step"))),
+            "{out:?}"
+        );
     }
 }

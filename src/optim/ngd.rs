@@ -262,7 +262,9 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
 /// The objective on the batch at the given θ: mean NLL + (wd/2)‖W‖².
 fn objective<B: Backend>(b: &B, step: &mut StepInput<'_, B>) -> Result<f64> {
     b.forward(step.mlp, step.theta, step.batch)?;
-    let loss = step.ranks.mean_scalar("loss", b.batch_loss(step.mlp, step.batch)?.loss)?;
+    let loss = step
+        .ranks
+        .mean_scalar("loss", b.batch_loss(step.mlp, step.batch)?.loss)?;
     let decay = if step.weight_decay > 0.0 {
         0.5 * step.weight_decay as f64 * b.weighted_dot(step.theta, step.weight_mask, step.theta)?
     } else {

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::dir::{Claim, RunDir};
+use super::shard::Layout;
 use super::summary::{DeviceProfile, FlowPerStep, Summary, Validation, config_json};
 use super::{Trainer, examples_per_step};
 use crate::backend::profiled::{PHASES, Phases, Profiled};
 use crate::backend::{Backend, SyncCounts};
-use super::shard::Layout;
 use crate::data::{self, Dataset, Standardizer, TaskChoice};
 use crate::dist::{self, Collective, Solo, Traffic, split};
 use crate::error::{Error, Result};
@@ -236,7 +236,15 @@ fn run_with<B: Backend>(
 ) -> Result<Summary> {
     if cfg.profile {
         let profiled = Profiled::new(b);
-        run_on(&profiled, cfg, prepared, crew, device, on_event, Some(&|| profiled.phases()))
+        run_on(
+            &profiled,
+            cfg,
+            prepared,
+            crew,
+            device,
+            on_event,
+            Some(&|| profiled.phases()),
+        )
     } else {
         run_on(b, cfg, prepared, crew, device, on_event, None)
     }
@@ -527,7 +535,7 @@ fn run_on<B: Backend>(
                     (comm.ranks(), &moved, steps_here),
                     true,
                 );
-                dist::agree(comm, leads.then(|| write_outputs(out, &summary)).unwrap_or(Ok(())))?;
+                dist::agree(comm, if leads { write_outputs(out, &summary) } else { Ok(()) })?;
                 return Err(Error::Interrupted {
                     step: trainer.steps(),
                     dir: out.display().to_string(),
@@ -580,7 +588,7 @@ fn run_on<B: Backend>(
         (comm.ranks(), &moved, steps_here),
         false,
     );
-    dist::agree(comm, leads.then(|| write_outputs(out, &summary)).unwrap_or(Ok(())))?;
+    dist::agree(comm, if leads { write_outputs(out, &summary) } else { Ok(()) })?;
     Ok(summary)
 }
 
@@ -600,7 +608,12 @@ fn check_in_step<B: Backend>(comm: &dyn Collective, trainer: &Trainer<B>, epoch:
     });
     let mut leader = hash.to_le_bytes().to_vec();
     comm.broadcast_bytes("parameter check", 0, &mut leader)?;
-    let ((), differs) = dist::agree_flags(comm, "parameter check", Ok::<_, Error>(()), &[leader != hash.to_le_bytes()])?;
+    let ((), differs) = dist::agree_flags(
+        comm,
+        "parameter check",
+        Ok::<_, Error>(()),
+        &[leader != hash.to_le_bytes()],
+    )?;
     if differs[0] {
         return Err(Error::Ranks(format!(
             "after epoch {epoch} the ranks hold different parameters: run every rank on the same kind of device"

@@ -3,8 +3,8 @@
 //! the standardisation, all as one process would decide them over the whole file), and every step
 //! the examples each rank takes of the batch ([`split`]) come to it from the ranks holding them.
 
-use super::run::{Prepared, RunConfig};
 use super::Examples;
+use super::run::{Prepared, RunConfig};
 use crate::data::{self, Dataset, Standardizer, Task, csv, split_order};
 use crate::dist::{self, Collective, split};
 use crate::error::{Error, Result};
@@ -138,7 +138,9 @@ pub fn prepare(cfg: &RunConfig, comm: &dyn Collective) -> Result<(Prepared, Layo
     let mut train = part.subset(&train_rows, part.name.clone());
     let mut val = (held > 0).then(|| part.subset(&val_rows, format!("{} (validation)", part.name)));
     let standardizer = if cfg.standardize {
-        Some(Standardizer::fit_part(&train, train_total, |v| comm.sum_f64("standardisation", v))?)
+        Some(Standardizer::fit_part(&train, train_total, |v| {
+            comm.sum_f64("standardisation", v)
+        })?)
     } else {
         None
     };
@@ -160,7 +162,13 @@ pub fn prepare(cfg: &RunConfig, comm: &dyn Collective) -> Result<(Prepared, Layo
         standardizer,
         mlp,
     };
-    Ok((prepared, Layout { holder, val_total: held }))
+    Ok((
+        prepared,
+        Layout {
+            holder,
+            val_total: held,
+        },
+    ))
 }
 
 /// This rank's part of the data as a dataset, the file row its first row is, and the rows of the
