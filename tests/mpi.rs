@@ -111,9 +111,9 @@ fn ranks_of(marker: &str) -> Vec<(usize, u32)> {
     found
 }
 
-/// Starts a long two-rank run writing to `out`, waits until it has taken steps, and sends rank
-/// 1 `signal`; the job's output and how long it took to end after the signal.
-fn signal_rank_one(out: &Path, signal: &str) -> (Output, Duration) {
+/// Starts a two-rank run writing to `out` that would go on for ever, with `env` set for every
+/// rank, and waits until both ranks are up and it has taken steps.
+fn endless_run(out: &Path, env: &[(&str, &str)]) -> Job {
     let mut c = mpirun_with(
         2,
         &[
@@ -126,15 +126,22 @@ fn signal_rank_one(out: &Path, signal: &str) -> (Output, Duration) {
             "--out",
             path(out),
         ],
-        &[("NATGRAD_MPI_TIMEOUT_S", "3")],
+        env,
     );
-    let mut job = Job(Some(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
+    let job = Job(Some(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
     let started = Instant::now();
     while !out.join("metrics.csv").exists() || ranks_of(path(out)).len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(60), "the run did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
+    job
+}
+
+/// Starts an endless two-rank run writing to `out` and sends rank 1 `signal`; the job's output
+/// and how long it took to end after the signal.
+fn signal_rank_one(out: &Path, signal: &str) -> (Output, Duration) {
+    let mut job = endless_run(out, &[("NATGRAD_MPI_TIMEOUT_S", "3")]);
     let (_, pid) = *ranks_of(path(out)).iter().find(|(r, _)| *r == 1).unwrap();
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -177,29 +184,7 @@ fn a_hung_rank_ends_the_job_within_the_timeout_with_its_rank_named() {
 fn sigusr1_stops_every_rank_after_saving_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stopped");
-    let c = mpirun(
-        2,
-        &[
-            "--device",
-            "cpu",
-            "--hidden",
-            "8",
-            "--steps",
-            "100000000",
-            "--out",
-            path(&out),
-        ],
-    );
-    let mut job = Job(Some({
-        let mut c = c;
-        c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-    }));
-    let started = Instant::now();
-    while !out.join("metrics.csv").exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "the run did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let mut job = endless_run(&out, &[]);
     let pid = job.0.as_ref().unwrap().id();
     assert!(
         Command::new("kill")

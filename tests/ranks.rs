@@ -262,3 +262,42 @@ fn a_batch_smaller_than_the_ranks_is_refused() {
     assert!(errors.iter().all(|e| e.contains("a batch of 1 examples")), "{errors:?}");
     assert!(!cfg.out.exists());
 }
+
+/// Ranks plan within the least of their devices' limits, so that `auto` picks one representation
+/// for all (each would otherwise plan by its own free memory, and they would enter different
+/// collectives).
+#[test]
+fn ranks_plan_within_the_least_of_their_limits() {
+    use natgrad::curvature::Limits;
+    let team = Team::new(3);
+    let mine = |r: usize| Limits {
+        max_buffer: [1 << 30, 1 << 20, 1 << 25][r],
+        memory: [u64::MAX, 5 << 30, 3 << 30][r],
+    };
+    let agreed: Vec<Limits> = std::thread::scope(|s| {
+        let handles: Vec<_> = team
+            .iter()
+            .map(|t| s.spawn(move || Limits::least_of(t, mine(t.rank())).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let least = Limits {
+        max_buffer: 1 << 20,
+        memory: 3 << 30,
+    };
+    assert_eq!(agreed, vec![least; 3]);
+    // a device that cannot tell its memory agrees to what the others can
+    let team = Team::new(2);
+    let unknown = Limits {
+        max_buffer: 1 << 20,
+        memory: u64::MAX,
+    };
+    let agreed: Vec<Limits> = std::thread::scope(|s| {
+        let handles: Vec<_> = team
+            .iter()
+            .map(|t| s.spawn(move || Limits::least_of(t, unknown).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(agreed, vec![unknown; 2]);
+}

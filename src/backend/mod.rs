@@ -147,6 +147,11 @@ pub trait Buffers {
     /// Copies `data` (`rows × cols`, row-major) to the device; `what` names it in errors.
     /// Rejects empty shapes, a length that does not match, and non-finite values.
     fn upload_matrix(&self, what: &'static str, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Matrix>;
+    /// [`Buffers::upload_matrix`] of a symmetric `dim × dim` matrix, kept as the device keeps a
+    /// Fisher it built (the CPU reads only the upper triangle, so products over it read half).
+    fn upload_symmetric(&self, what: &'static str, dim: usize, data: &[f32]) -> Result<Self::Matrix> {
+        self.upload_matrix(what, dim, dim, data)
+    }
     /// Copies `data` to the device; rejects non-finite values.
     fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<Self::Vector>;
     /// A `rows × cols` matrix of zeros.

@@ -138,6 +138,10 @@ impl<B: Backend> Buffers for Profiled<'_, B> {
         self.timed(|| self.inner.upload_matrix(what, rows, cols, data))
     }
 
+    fn upload_symmetric(&self, what: &'static str, dim: usize, data: &[f32]) -> Result<B::Matrix> {
+        self.timed(|| self.inner.upload_symmetric(what, dim, data))
+    }
+
     fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<B::Vector> {
         self.timed(|| self.inner.upload_vector(what, data))
     }

@@ -32,16 +32,26 @@ impl std::error::Error for Reported {}
 
 pub fn train(args: &TrainArgs) -> Result<()> {
     let comm = Mpi::init()?;
-    // SIGINT and SIGTERM (what mpirun sends every rank on Ctrl-C, then SIGKILL a second later)
-    // and SIGUSR1 (which mpirun forwards, ending nothing) finish the step, save and stop
-    ctrlc::set_handler(train::request_stop)?;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe
-    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGUSR1, train::request_stop) }?;
-    share_cores(&comm);
-    match run(args, &comm) {
+    match set_up(&comm).and_then(|()| run(args, &comm)) {
         Ok(()) => Ok(()),
         Err(e) => Err(report(&comm, e).into()),
     }
+}
+
+/// What each rank sets up for itself, agreed: a rank that cannot stops them all and tells why.
+fn set_up(comm: &Mpi) -> Result<()> {
+    comm.bound_waits()?;
+    let handlers = || -> Result<()> {
+        // SIGINT and SIGTERM (what mpirun sends every rank on Ctrl-C, then SIGKILL a second
+        // later) and SIGUSR1 (which mpirun forwards, ending nothing) finish the step, save, stop
+        ctrlc::set_handler(train::request_stop)?;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe
+        unsafe { signal_hook::low_level::register(signal_hook::consts::SIGUSR1, train::request_stop) }?;
+        Ok(())
+    };
+    dist::agree(comm, handlers())?;
+    share_cores(comm);
+    Ok(())
 }
 
 /// The ranks on one machine share its cores: each takes its part for its thread pool, unless

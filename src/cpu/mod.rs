@@ -108,6 +108,12 @@ impl Buffers for Cpu {
         })
     }
 
+    fn upload_symmetric(&self, what: &'static str, dim: usize, data: &[f32]) -> Result<CpuMatrix> {
+        let mut m = self.upload_matrix(what, dim, dim, data)?;
+        m.layout = Layout::SymmetricUpper;
+        Ok(m)
+    }
+
     fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<Vec<f32>> {
         if data.is_empty() {
             return Err(Error::Empty(what));

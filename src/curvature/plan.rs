@@ -5,6 +5,7 @@
 
 use super::CurvatureKind;
 use crate::backend::Backend;
+use crate::dist::{self, Collective};
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
 
@@ -114,6 +115,18 @@ impl Limits {
             max_buffer: b.max_matrix_bytes(),
             memory: b.memory_available().unwrap_or(u64::MAX),
         }
+    }
+
+    /// The least of every rank's `local` limits: what every rank plans within, so that all
+    /// choose the same representation (and so the same collectives) or refuse together.
+    pub fn least_of(comm: &dyn Collective, local: Limits) -> Result<Limits> {
+        let all = dist::gather_f64(comm, "device limits", &[local.max_buffer as f64, local.memory as f64])?;
+        // f64 holds byte counts exactly to 8 PiB, and u64::MAX (unknown) converts back to itself
+        let least = |k: usize| all.chunks_exact(2).map(|r| r[k]).fold(f64::INFINITY, f64::min) as u64;
+        Ok(Limits {
+            max_buffer: least(0),
+            memory: least(1),
+        })
     }
 }
 

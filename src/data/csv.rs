@@ -173,9 +173,17 @@ pub fn read_part(path: &Path, part: usize, parts: usize) -> Result<Table> {
 /// Line breaks among a file's first `bytes` bytes.
 fn lines_before(path: &Path, bytes: u64) -> std::io::Result<u64> {
     use std::io::Read;
-    let mut prefix = Vec::new();
-    std::fs::File::open(path)?.take(bytes).read_to_end(&mut prefix)?;
-    Ok(prefix.iter().filter(|&&b| b == b'\n').count() as u64)
+    // through a buffer of fixed size: the last part of a large file starts far in
+    let mut prefix = std::fs::File::open(path)?.take(bytes);
+    let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);
+    loop {
+        match prefix.read(&mut buf) {
+            Ok(0) => return Ok(lines),
+            Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

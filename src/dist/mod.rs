@@ -247,7 +247,7 @@ impl Ranks<'_> {
         debug_assert_eq!(dim, cols, "a symmetric matrix is square");
         let mut upper = upper_triangle(&b.download_matrix(m)?, dim);
         self.mean_f32(what, &mut upper)?;
-        *m = b.upload_matrix(what, dim, dim, &symmetric_from_upper(&upper, dim))?;
+        *m = b.upload_symmetric(what, dim, &symmetric_from_upper(&upper, dim))?;
         Ok(())
     }
 }
@@ -262,32 +262,22 @@ pub fn upper_triangle<T: Copy>(m: &[T], dim: usize) -> Vec<T> {
 }
 
 /// The symmetric `dim × dim` row-major matrix whose upper triangle [`upper_triangle`] gave.
-pub fn symmetric_from_upper<T: Copy + Default>(upper: &[T], dim: usize) -> Vec<T> {
-    let mut m = vec![T::default(); dim * dim];
+pub fn symmetric_from_upper(upper: &[f32], dim: usize) -> Vec<f32> {
+    let mut m = vec![0.0; dim * dim];
     fill_symmetric(&mut m, upper, dim);
     m
 }
 
 /// Makes `m` (`dim × dim`, row-major) the symmetric matrix whose upper triangle is `upper`: the
-/// rows' upper parts copied whole, then the lower triangle mirrored tile by tile (a plain
-/// column-by-column mirror misses the cache on every element once rows pass a few hundred).
-pub fn fill_symmetric<T: Copy>(m: &mut [T], upper: &[T], dim: usize) {
-    const TILE: usize = 64;
+/// rows' upper parts copied whole, then mirrored block by block as the CPU's Fisher is.
+pub fn fill_symmetric(m: &mut [f32], upper: &[f32], dim: usize) {
     let mut k = 0;
     for i in 0..dim {
         let len = dim - i;
         m[i * dim + i..(i + 1) * dim].copy_from_slice(&upper[k..k + len]);
         k += len;
     }
-    for ti in (0..dim).step_by(TILE) {
-        for tj in (0..=ti).step_by(TILE) {
-            for i in ti..(ti + TILE).min(dim) {
-                for j in tj..(tj + TILE).min(i) {
-                    m[i * dim + j] = m[j * dim + i];
-                }
-            }
-        }
-    }
+    crate::cpu::fisher::mirror_upper(m, dim);
 }
 
 /// Which ranks failed, agreed by all: each rank says whether its `result` is an error, and a
@@ -363,10 +353,10 @@ mod tests {
         assert_eq!(symmetric_from_upper(&upper, 3), m.to_vec());
         // across several tiles, with a ragged last one
         let dim = 150;
-        let sym: Vec<f64> = (0..dim * dim)
+        let sym: Vec<f32> = (0..dim * dim)
             .map(|k| {
                 let (i, j) = (k / dim, k % dim);
-                (i.min(j) * 1000 + i.max(j)) as f64
+                (i.min(j) * 1000 + i.max(j)) as f32
             })
             .collect();
         assert_eq!(symmetric_from_upper(&upper_triangle(&sym, dim), dim), sym);

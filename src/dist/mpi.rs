@@ -70,7 +70,7 @@ pub struct Mpi {
     local_rank: usize,
     /// ranks on this machine
     local_ranks: usize,
-    timeout: Duration,
+    timeout: Cell<Duration>,
     /// collectives started so far (every rank counts the same calls)
     calls: Cell<u64>,
     traffic: RefCell<Traffic>,
@@ -79,9 +79,9 @@ pub struct Mpi {
 }
 
 impl Mpi {
-    /// Joins the MPI job this process was started in.
+    /// Joins the MPI job this process was started in, its waits bounded by [`DEFAULT_TIMEOUT_S`]
+    /// until [`Mpi::bound_waits`].
     pub fn init() -> Result<Self> {
-        let timeout = timeout()?;
         let universe = mpi::initialize().ok_or_else(|| Error::Ranks("MPI was already initialised".into()))?;
         let world = universe.world();
         let roll = world.duplicate();
@@ -92,11 +92,18 @@ impl Mpi {
             roll,
             local_rank,
             local_ranks,
-            timeout,
+            timeout: Cell::new(Duration::from_secs_f64(DEFAULT_TIMEOUT_S)),
             calls: Cell::new(0),
             traffic: RefCell::new(Traffic::default()),
             _universe: universe,
         })
+    }
+
+    /// Bounds every later wait by `NATGRAD_MPI_TIMEOUT_S` (else [`DEFAULT_TIMEOUT_S`]), agreed:
+    /// a rank whose setting is not a positive number of seconds stops them all and tells it.
+    pub fn bound_waits(&self) -> Result<()> {
+        self.timeout.set(super::agree(self, timeout())?);
+        Ok(())
     }
 
     /// Ranks on this machine (this one among them).
@@ -108,6 +115,12 @@ impl Mpi {
     pub fn abort(&self, line: &str, code: i32) -> ! {
         eprintln!("natgrad: error: {line}");
         self.world.abort(code)
+    }
+
+    /// `check`'s value; its error ends the job. For what a rank finds wrong with its own part of
+    /// a collective the others are entering: they could not be told otherwise.
+    fn or_abort<T>(&self, check: Result<T>) -> T {
+        check.unwrap_or_else(|e| self.abort(&format!("rank {}: {e}", self.world.rank()), 1))
     }
 
     /// The number of the collective now starting (every rank counts the same calls).
@@ -143,7 +156,7 @@ impl Mpi {
             }
             if polls.is_multiple_of(16) {
                 self.answer_roll_calls(what, call);
-                if waited >= self.timeout {
+                if waited >= self.timeout.get() {
                     self.call_roll(what, call, waited);
                 }
             }
@@ -198,7 +211,7 @@ impl Mpi {
                         .immediate_send_with_tag(scope, &mine[..], ROLL)
                 })
                 .collect();
-            let grace = (self.timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+            let grace = (self.timeout.get() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
             let asked = Instant::now();
             while asked.elapsed() < grace && seen.iter().any(Option::is_none) {
                 for tag in [ANSWER, ROLL] {
@@ -331,13 +344,18 @@ impl Collective for Mpi {
     }
 
     fn gather_f32(&self, what: &'static str, local: &[f32], all: &[usize]) -> Result<Vec<f32>> {
+        // every rank holds the same counts: an error in them is every rank's
         let (c, d) = counts(what, all)?;
         if all.get(self.rank()) != Some(&local.len()) {
-            return Err(Error::Ranks(format!(
-                "{what}: this rank gives {} values, its count says {:?}",
-                local.len(),
-                all.get(self.rank())
-            )));
+            self.abort(
+                &format!(
+                    "rank {}: {what}: it gives {} values, its count says {:?}",
+                    self.rank(),
+                    local.len(),
+                    all.get(self.rank())
+                ),
+                1,
+            )
         }
         let mut out = vec![0.0f32; all.iter().sum()];
         let mut recv = PartitionMut::new(&mut out[..], c, d);
@@ -354,8 +372,9 @@ impl Collective for Mpi {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<Vec<f32>> {
-        let (sc, sd) = counts(what, send_counts)?;
-        let (rc, rd) = counts(what, recv_counts)?;
+        // the counts are this rank's own
+        let (sc, sd) = self.or_abort(counts(what, send_counts));
+        let (rc, rd) = self.or_abort(counts(what, recv_counts));
         let mut out = vec![0.0f32; recv_counts.iter().sum()];
         let sent = Partition::new(send, sc, sd);
         let mut recv = PartitionMut::new(&mut out[..], rc, rd);

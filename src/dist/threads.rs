@@ -16,6 +16,8 @@ enum Payload {
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bytes(Vec<u8>),
+    /// what a rank sends every rank in an exchange: the counts for each, then the values
+    Pieces(Vec<usize>, Vec<f32>),
 }
 
 struct Shared {
@@ -175,23 +177,18 @@ impl Collective for Team {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<Vec<f32>> {
-        // each rank leaves everything it sends; each takes its own piece of every rank's
-        let mut mine = Vec::with_capacity(send.len() + send_counts.len());
-        // a header of this rank's send counts, so the others can find their pieces
-        mine.extend(send_counts.iter().map(|&c| c as f32));
-        mine.extend_from_slice(send);
-        let all: Vec<Vec<f32>> = self
-            .round(what, Payload::F32(mine), 4 * send.len() as u64)?
-            .into_iter()
-            .map(f32s)
-            .collect();
-        let ranks = self.ranks();
+        // each rank leaves everything it sends, with its counts; each takes its own piece of
+        // every rank's
+        let mine = Payload::Pieces(send_counts.to_vec(), send.to_vec());
+        let all = self.round(what, mine, 4 * send.len() as u64)?;
         let mut out = Vec::with_capacity(recv_counts.iter().sum());
-        for (from, theirs) in all.iter().enumerate() {
-            let (header, data) = theirs.split_at(ranks);
-            let start: usize = header[..self.rank].iter().map(|&c| c as usize).sum();
-            let count = header[self.rank] as usize;
-            if count != recv_counts[from] {
+        for (from, theirs) in all.into_iter().enumerate() {
+            let Payload::Pieces(counts, data) = theirs else {
+                return Err(Error::Ranks(format!("{what}: rank {from} sent no pieces")));
+            };
+            let start: usize = counts.iter().take(self.rank).sum();
+            let count = counts.get(self.rank).copied().unwrap_or(0);
+            if count != recv_counts[from] || start + count > data.len() {
                 return Err(Error::Ranks(format!(
                     "{what}: rank {from} sent {count} values, {} expected",
                     recv_counts[from]

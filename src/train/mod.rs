@@ -120,9 +120,22 @@ impl<'b, B: Backend> Trainer<'b, B> {
     /// draws. Natural gradient's curvature is planned here (`auto` resolved, and every buffer
     /// checked against the device) before anything is allocated.
     pub fn new(b: &'b B, mlp: Mlp, theta0: &[f32], config: OptimConfig, examples: usize, seed: u64) -> Result<Self> {
+        Self::within(b, &Limits::of(b), mlp, theta0, config, examples, seed)
+    }
+
+    /// [`Trainer::new`] planned within `limits` (ranks plan within the least of theirs).
+    pub fn within(
+        b: &'b B,
+        limits: &Limits,
+        mlp: Mlp,
+        theta0: &[f32],
+        config: OptimConfig,
+        examples: usize,
+        seed: u64,
+    ) -> Result<Self> {
         config.validate()?;
         mlp.check_params(theta0.len())?;
-        let curvature = Self::plan(b, &mlp, &config, examples)?;
+        let curvature = Self::plan(limits, &mlp, &config, examples)?;
         let kind = curvature.as_ref().map_or(CurvatureKind::Dense, |c| c.0);
         let p = mlp.num_params();
         Ok(Self {
@@ -148,12 +161,16 @@ impl<'b, B: Backend> Trainer<'b, B> {
         self
     }
 
-    /// Checks that training `mlp` with `config` on batches of `examples` fits `b` (every buffer
+    /// Checks that training `mlp` with `config` on batches of `examples` fits `limits` (every buffer
     /// against the largest one and the memory available) before anything is allocated, and
     /// resolves natural gradient's curvature (`auto` included): the representation and what
     /// the plan said of it.
-    pub fn plan(b: &B, mlp: &Mlp, config: &OptimConfig, examples: usize) -> Result<Option<(CurvatureKind, String)>> {
-        let limits = Limits::of(b);
+    pub fn plan(
+        limits: &Limits,
+        mlp: &Mlp,
+        config: &OptimConfig,
+        examples: usize,
+    ) -> Result<Option<(CurvatureKind, String)>> {
         let p = mlp.num_params();
         match config.kind {
             OptimizerKind::Ngd => {
@@ -166,13 +183,13 @@ impl<'b, B: Backend> Trainer<'b, B> {
                     cg_iters: config.ngd.cg.max_iters,
                     inverse_every: config.ngd.settings.kfac.inverse_every,
                 };
-                Ok(Some(plan::resolve(config.ngd.curvature, &shape, &limits, cadence)?))
+                Ok(Some(plan::resolve(config.ngd.curvature, &shape, limits, cadence)?))
             }
             kind => {
                 // θ, the last good θ, g, the weight mask, the host's two copies, and the state
                 let state = if kind == OptimizerKind::Adam { 2 } else { 1 };
                 let what = format!(", for --optimizer {}", kind.name());
-                plan::check(&[plan::vectors(6 + state, p)], &limits, &what, "use a smaller model")?;
+                plan::check(&[plan::vectors(6 + state, p)], limits, &what, "use a smaller model")?;
                 Ok(None)
             }
         }

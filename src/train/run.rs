@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::dir::{Claim, RunDir};
-use super::shard::Layout;
+use super::shard::{Held, Layout};
 use super::summary::{DeviceProfile, FlowPerStep, Summary, Validation, config_json};
 use super::{Trainer, examples_per_step};
 use crate::backend::profiled::{PHASES, Phases, Profiled};
 use crate::backend::{Backend, SyncCounts};
+use crate::curvature::Limits;
 use crate::data::{self, Dataset, Standardizer, TaskChoice};
 use crate::dist::{self, Collective, Solo, Traffic, split};
 use crate::error::{Error, Result};
@@ -347,7 +348,8 @@ fn run_on<B: Backend>(
     let (train_total, val_total) = crew.totals(prepared);
     // every buffer planned before the parameters are drawn: a model too large is an error here
     let examples = examples_per_step(cfg.batch, train_total);
-    Trainer::plan(b, &prepared.mlp, &cfg.optim, examples)?;
+    let limits = Limits::least_of(comm, Limits::of(b))?;
+    Trainer::<B>::plan(&limits, &prepared.mlp, &cfg.optim, examples)?;
     let curvature = match cfg.optim.kind {
         OptimizerKind::Ngd => cfg.optim.ngd.curvature_batch,
         _ => 0,
@@ -357,8 +359,9 @@ fn run_on<B: Backend>(
         let sizes: Vec<usize> = epoch_batches.iter().map(Vec::len).collect();
         split::check(&sizes, curvature, comm.ranks())?;
     }
-    let mut trainer = Trainer::new(
+    let mut trainer = Trainer::within(
         b,
+        &limits,
         prepared.mlp.clone(),
         &prepared.mlp.init(cfg.seed),
         cfg.optim,
@@ -427,6 +430,8 @@ fn run_on<B: Backend>(
             wall_s,
         })
     };
+    // this rank's examples of the last batch, and the batch
+    let mut held: Option<(Vec<usize>, Held)> = None;
     while trainer.steps() < total_steps {
         let epoch = progress.epoch;
         for indices in data::batches(train_total, cfg.batch, cfg.seed, epoch)
@@ -445,9 +450,20 @@ fn run_on<B: Backend>(
                     let (x, y) = prepared.train.gather(&indices);
                     trainer.step(&x, &y)
                 }
-                Some(layout) => layout
-                    .examples(comm, &prepared.train, &indices, curvature)
-                    .and_then(|held| trainer.step_on(&held.examples())),
+                Some(layout) => {
+                    // a full batch is the same every step: its examples are brought once
+                    let brought = match held.take() {
+                        Some((at, examples)) if at == indices => Ok((at, examples)),
+                        _ => layout
+                            .examples(comm, &prepared.train, &indices, curvature)
+                            .map(|examples| (indices, examples)),
+                    };
+                    brought.and_then(|(at, examples)| {
+                        let taken = trainer.step_on(&examples.examples());
+                        held = Some((at, examples));
+                        taken
+                    })
+                }
             };
             let stats = match taken {
                 Ok(stats) => stats,

@@ -107,15 +107,15 @@ impl Held {
 /// validation sets (standardised as one process would), the model, and where every training
 /// example is. Every rank learns of any rank's failure; the first failing rank reports it.
 pub fn prepare(cfg: &RunConfig, comm: &dyn Collective) -> Result<(Prepared, Layout)> {
-    let checked = dist::agree(comm, cfg.validate());
-    checked?;
+    dist::agree(comm, cfg.validate())?;
     let (part, first_row, total) = load_part(cfg, comm)?;
     let (me, ranks) = (comm.rank(), comm.ranks());
     // the file's rows each rank holds: rank r the rows first[r] ..< first[r + 1]
     let mut firsts = vec![0.0; ranks];
     firsts[me] = first_row as f64;
     comm.sum_f64("data layout", &mut firsts)?;
-    let holder_of_row = |row: usize| firsts.iter().rposition(|&f| f as usize <= row).unwrap_or(0);
+    // (firsts ascend: the holder is the last rank whose first row is at or before the row)
+    let holder_of_row = |row: usize| firsts.partition_point(|&f| f as usize <= row).saturating_sub(1);
     // as Dataset::split has it: the training set is order[held..], in order; validation order[..held]
     let (order, held) = split_order(total, cfg.val_split, cfg.seed)?.unwrap_or_else(|| ((0..total).collect(), 0));
     let mut counts = vec![0u32; ranks];
