@@ -69,9 +69,9 @@ impl<B: Backend> Curvature<B> for Blocks<B> {
         })?;
         for (f, layer) in self.fs.iter_mut().zip(&self.layers) {
             scores::add_weight_decay(b, &self.weight_mask[layer.clone()], at.weight_decay, f)?;
-            at.ranks.mean_symmetric(b, "Fisher blocks", f)?;
         }
-        Ok(())
+        // every block in one all-reduce
+        at.ranks.mean_symmetric(b, "Fisher blocks", &mut self.fs)
     }
 
     fn solve(

@@ -48,7 +48,8 @@ impl<B: Backend> Curvature<B> for DenseFisher<B> {
             at.weight_decay,
             &mut self.f,
         )?;
-        at.ranks.mean_symmetric(b, "dense Fisher", &mut self.f)
+        at.ranks
+            .mean_symmetric(b, "dense Fisher", std::slice::from_mut(&mut self.f))
     }
 
     fn solve(

@@ -238,16 +238,26 @@ impl Ranks<'_> {
         Ok(())
     }
 
-    /// [`Ranks::mean_f32`] of a symmetric matrix on the device: only its upper triangle moves.
-    pub fn mean_symmetric<B: Buffers>(&self, b: &B, what: &'static str, m: &mut B::Matrix) -> Result<()> {
+    /// [`Ranks::mean_f32`] of symmetric matrices on the device, in one call: only their upper
+    /// triangles move.
+    pub fn mean_symmetric<B: Buffers>(&self, b: &B, what: &'static str, ms: &mut [B::Matrix]) -> Result<()> {
         if self.is_solo() {
             return Ok(());
         }
-        let (dim, cols) = b.shape(m);
-        debug_assert_eq!(dim, cols, "a symmetric matrix is square");
-        let mut upper = upper_triangle(&b.download_matrix(m)?, dim);
-        self.mean_f32(what, &mut upper)?;
-        *m = b.upload_symmetric(what, dim, &symmetric_from_upper(&upper, dim))?;
+        let dims: Vec<usize> = ms.iter().map(|m| b.shape(m).0).collect();
+        let full = b.download_matrices(&ms.iter().collect::<Vec<_>>())?;
+        let mut packed: Vec<f32> = full
+            .iter()
+            .zip(&dims)
+            .flat_map(|(m, &d)| upper_triangle(m, d))
+            .collect();
+        self.mean_f32(what, &mut packed)?;
+        let mut at = 0;
+        for (m, &dim) in ms.iter_mut().zip(&dims) {
+            let len = dim * (dim + 1) / 2;
+            *m = b.upload_symmetric(what, dim, &symmetric_from_upper(&packed[at..at + len], dim))?;
+            at += len;
+        }
         Ok(())
     }
 }
