@@ -117,10 +117,15 @@ impl Mpi {
         self.world.abort(code)
     }
 
-    /// `check`'s value; its error ends the job. For what a rank finds wrong with its own part of
-    /// a collective the others are entering: they could not be told otherwise.
+    /// Ends the job with `e`, this rank's alone: what a rank finds wrong with its own part of a
+    /// collective the others are entering (they could not be told otherwise).
+    fn alone(&self, e: Error) -> ! {
+        self.abort(&format!("rank {}: {e}", self.world.rank()), 1)
+    }
+
+    /// `check`'s value; its error is this rank's [`Mpi::alone`].
     fn or_abort<T>(&self, check: Result<T>) -> T {
-        check.unwrap_or_else(|e| self.abort(&format!("rank {}: {e}", self.world.rank()), 1))
+        check.unwrap_or_else(|e| self.alone(e))
     }
 
     /// The number of the collective now starting (every rank counts the same calls).
@@ -347,15 +352,11 @@ impl Collective for Mpi {
         // every rank holds the same counts: an error in them is every rank's
         let (c, d) = counts(what, all)?;
         if all.get(self.rank()) != Some(&local.len()) {
-            self.abort(
-                &format!(
-                    "rank {}: {what}: it gives {} values, its count says {:?}",
-                    self.rank(),
-                    local.len(),
-                    all.get(self.rank())
-                ),
-                1,
-            )
+            self.alone(Error::Ranks(format!(
+                "{what}: this rank gives {} values, its count says {:?}",
+                local.len(),
+                all.get(self.rank())
+            )))
         }
         let mut out = vec![0.0f32; all.iter().sum()];
         let mut recv = PartitionMut::new(&mut out[..], c, d);
