@@ -80,9 +80,12 @@ fn two_ranks_end_where_one_process_ends_on_the_cpu_and_the_gpu() {
         assert!((a - b).abs() <= 1e-4 * a, "{device}: one process {a}, two ranks {b}");
         let s = summary(&two);
         assert_eq!(s["ranks"], 2);
-        // the gradient is p f32 values, summed once a step
+        // the gradient is p f32 values, summed once a step; the examples come by all-to-all
         let p = s["config"]["parameters"].as_f64().unwrap();
-        assert_eq!(s["communication_per_step"]["gradient"]["bytes"].as_f64(), Some(4.0 * p));
+        let moved = &s["communication_per_step"];
+        assert_eq!(moved["gradient"]["bytes"].as_f64(), Some(4.0 * p));
+        assert_eq!(moved["gradient"]["collective"], "all-reduce");
+        assert_eq!(moved["examples"]["collective"], "all-to-all");
         let stdout = text(&o.stdout);
         assert_eq!(stdout.matches("done:").count(), 1, "rank 0 alone reports: {stdout}");
     }

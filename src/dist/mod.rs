@@ -21,10 +21,24 @@ use std::collections::BTreeMap;
 use crate::backend::Buffers;
 use crate::error::{Error, Result};
 
+/// Which collective operation a call was. The bytes a rank hands in cross its link in proportions
+/// that depend on it (the cost model in README.md): an all-reduce of B sends about 2B(N−1)/N,
+/// an all-gather of a rank's B brings it the other ranks' pieces, about (N−1)B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    AllReduce,
+    Broadcast,
+    AllGather,
+    AllToAll,
+}
+
 /// What one kind of collective call has moved: calls, the bytes this rank handed in, and the
 /// seconds it waited in them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Flow {
+    /// the operation its calls were (none for a total over several)
+    pub op: Option<Op>,
     pub calls: u64,
     pub bytes: u64,
     pub seconds: f64,
@@ -35,9 +49,10 @@ pub struct Flow {
 pub struct Traffic(pub BTreeMap<&'static str, Flow>);
 
 impl Traffic {
-    /// Counts one call of `bytes` that waited `seconds`.
-    pub fn add(&mut self, what: &'static str, bytes: u64, seconds: f64) {
+    /// Counts one call, an `op` of `bytes` that waited `seconds`.
+    pub fn add(&mut self, what: &'static str, op: Op, bytes: u64, seconds: f64) {
         let flow = self.0.entry(what).or_default();
+        flow.op = Some(op);
         flow.calls += 1;
         flow.bytes += bytes;
         flow.seconds += seconds;
@@ -47,6 +62,7 @@ impl Traffic {
     pub fn merge(&mut self, other: &Traffic) {
         for (what, f) in &other.0 {
             let flow = self.0.entry(what).or_default();
+            flow.op = f.op.or(flow.op);
             flow.calls += f.calls;
             flow.bytes += f.bytes;
             flow.seconds += f.seconds;
@@ -62,6 +78,7 @@ impl Traffic {
                 out.0.insert(
                     what,
                     Flow {
+                        op: now.op,
                         calls: now.calls - then.calls,
                         bytes: now.bytes - then.bytes,
                         seconds: now.seconds - then.seconds,
@@ -75,6 +92,7 @@ impl Traffic {
     /// Every call together.
     pub fn total(&self) -> Flow {
         self.0.values().fold(Flow::default(), |a, f| Flow {
+            op: None,
             calls: a.calls + f.calls,
             bytes: a.bytes + f.bytes,
             seconds: a.seconds + f.seconds,
@@ -375,13 +393,14 @@ mod tests {
     #[test]
     fn traffic_since_counts_only_the_new_calls() {
         let mut t = Traffic::default();
-        t.add("gradient", 40, 0.5);
+        t.add("gradient", Op::AllReduce, 40, 0.5);
         let before = t.clone();
-        t.add("gradient", 40, 0.25);
-        t.add("loss", 16, 0.0);
+        t.add("gradient", Op::AllReduce, 40, 0.25);
+        t.add("loss", Op::AllReduce, 16, 0.0);
         let step = t.since(&before);
         assert_eq!(step.0["gradient"].calls, 1);
         assert_eq!(step.0["gradient"].bytes, 40);
+        assert_eq!(step.0["gradient"].op, Some(Op::AllReduce));
         assert_eq!(step.total().bytes, 56);
         assert!(!step.0.contains_key("nothing"));
     }

@@ -18,7 +18,7 @@ use mpi::request::{Request, Scope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::{Collective, Traffic};
+use super::{Collective, Op, Traffic};
 use crate::error::{Error, Result};
 
 /// The bound on one collective's wait, in seconds, unless `NATGRAD_MPI_TIMEOUT_S` says otherwise.
@@ -48,16 +48,16 @@ fn timeout() -> Result<Duration> {
 }
 
 /// Starts the non-blocking collective `$start` (in `$scope`), waits for it within the bound, and
-/// counts it as `$what` carrying `$bytes`.
+/// counts it as `$what`, an `$op` carrying `$bytes`.
 macro_rules! collective {
-    ($self:ident, $what:expr, $bytes:expr, |$scope:ident| $start:expr) => {{
+    ($self:ident, $what:expr, $op:expr, $bytes:expr, |$scope:ident| $start:expr) => {{
         let call = $self.begin();
         let started = Instant::now();
         mpi::request::scope(|$scope| {
             let request = $start;
             $self.wait($what, call, request);
         });
-        $self.count($what, $bytes, started);
+        $self.count($what, $op, $bytes, started);
         Result::<()>::Ok(())
     }};
 }
@@ -134,11 +134,11 @@ impl Mpi {
         self.calls.get()
     }
 
-    /// Counts a finished collective that carried `bytes` and began at `started`.
-    fn count(&self, what: &'static str, bytes: usize, started: Instant) {
+    /// Counts a finished collective, an `op` that carried `bytes` and began at `started`.
+    fn count(&self, what: &'static str, op: Op, bytes: usize, started: Instant) {
         self.traffic
             .borrow_mut()
-            .add(what, bytes as u64, started.elapsed().as_secs_f64());
+            .add(what, op, bytes as u64, started.elapsed().as_secs_f64());
     }
 
     /// Waits for `request`, answering roll calls meanwhile; past the bound, calls the roll and
@@ -308,27 +308,21 @@ impl Collective for Mpi {
 
     fn sum_f32(&self, what: &'static str, v: &mut [f32]) -> Result<()> {
         let send = v.to_vec();
-        collective!(self, what, 4 * v.len(), |scope| self.world.immediate_all_reduce_into(
-            scope,
-            &send[..],
-            v,
-            SystemOperation::sum()
-        ))
+        collective!(self, what, Op::AllReduce, 4 * v.len(), |scope| self
+            .world
+            .immediate_all_reduce_into(scope, &send[..], v, SystemOperation::sum()))
     }
 
     fn sum_f64(&self, what: &'static str, v: &mut [f64]) -> Result<()> {
         let send = v.to_vec();
-        collective!(self, what, 8 * v.len(), |scope| self.world.immediate_all_reduce_into(
-            scope,
-            &send[..],
-            v,
-            SystemOperation::sum()
-        ))
+        collective!(self, what, Op::AllReduce, 8 * v.len(), |scope| self
+            .world
+            .immediate_all_reduce_into(scope, &send[..], v, SystemOperation::sum()))
     }
 
     fn broadcast_f32(&self, what: &'static str, root: usize, v: &mut [f32]) -> Result<()> {
         let bytes = if root == self.rank() { 4 * v.len() } else { 0 };
-        collective!(self, what, bytes, |scope| self
+        collective!(self, what, Op::Broadcast, bytes, |scope| self
             .world
             .process_at_rank(root as Rank)
             .immediate_broadcast_into(scope, v))
@@ -336,13 +330,13 @@ impl Collective for Mpi {
 
     fn broadcast_bytes(&self, what: &'static str, root: usize, v: &mut Vec<u8>) -> Result<()> {
         let mut len = [v.len() as u64];
-        collective!(self, what, 8, |scope| self
+        collective!(self, what, Op::Broadcast, 8, |scope| self
             .world
             .process_at_rank(root as Rank)
             .immediate_broadcast_into(scope, &mut len[..]))?;
         v.resize(len[0] as usize, 0);
         let bytes = if root == self.rank() { v.len() } else { 0 };
-        collective!(self, what, bytes, |scope| self
+        collective!(self, what, Op::Broadcast, bytes, |scope| self
             .world
             .process_at_rank(root as Rank)
             .immediate_broadcast_into(scope, &mut v[..]))
@@ -360,7 +354,7 @@ impl Collective for Mpi {
         }
         let mut out = vec![0.0f32; all.iter().sum()];
         let mut recv = PartitionMut::new(&mut out[..], c, d);
-        collective!(self, what, 4 * local.len(), |scope| self
+        collective!(self, what, Op::AllGather, 4 * local.len(), |scope| self
             .world
             .immediate_all_gather_varcount_into(scope, local, &mut recv))?;
         Ok(out)
@@ -379,7 +373,7 @@ impl Collective for Mpi {
         let mut out = vec![0.0f32; recv_counts.iter().sum()];
         let sent = Partition::new(send, sc, sd);
         let mut recv = PartitionMut::new(&mut out[..], rc, rd);
-        collective!(self, what, 4 * send.len(), |scope| self
+        collective!(self, what, Op::AllToAll, 4 * send.len(), |scope| self
             .world
             .immediate_all_to_all_varcount_into(scope, &sent, &mut recv))?;
         Ok(out)

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
-use super::{Collective, Traffic};
+use super::{Collective, Op, Traffic};
 use crate::error::{Error, Result};
 
 /// One rank's contribution to a round.
@@ -49,7 +49,7 @@ impl Team {
     }
 
     /// Leaves `mine`, waits for every rank's, and returns them all in rank order.
-    fn round(&self, what: &'static str, mine: Payload, bytes: u64) -> Result<Vec<Payload>> {
+    fn round(&self, what: &'static str, op: Op, mine: Payload, bytes: u64) -> Result<Vec<Payload>> {
         let start = Instant::now();
         let poisoned = || Error::Ranks(format!("{what}: a rank's thread panicked"));
         self.shared.slots.lock().map_err(|_| poisoned())?[self.rank] = Some((what, mine));
@@ -57,7 +57,7 @@ impl Team {
         let all: Vec<Option<(&'static str, Payload)>> = self.shared.slots.lock().map_err(|_| poisoned())?.clone();
         self.shared.barrier.wait();
         if let Ok(mut t) = self.traffic.lock() {
-            t.add(what, bytes, start.elapsed().as_secs_f64());
+            t.add(what, op, bytes, start.elapsed().as_secs_f64());
         }
         all.into_iter()
             .enumerate()
@@ -109,7 +109,7 @@ impl Collective for Team {
 
     fn sum_f32(&self, what: &'static str, v: &mut [f32]) -> Result<()> {
         let all: Vec<Vec<f32>> = self
-            .round(what, Payload::F32(v.to_vec()), 4 * v.len() as u64)?
+            .round(what, Op::AllReduce, Payload::F32(v.to_vec()), 4 * v.len() as u64)?
             .into_iter()
             .map(f32s)
             .collect();
@@ -122,7 +122,7 @@ impl Collective for Team {
 
     fn sum_f64(&self, what: &'static str, v: &mut [f64]) -> Result<()> {
         let all: Vec<Vec<f64>> = self
-            .round(what, Payload::F64(v.to_vec()), 8 * v.len() as u64)?
+            .round(what, Op::AllReduce, Payload::F64(v.to_vec()), 8 * v.len() as u64)?
             .into_iter()
             .map(f64s)
             .collect();
@@ -134,7 +134,9 @@ impl Collective for Team {
     }
 
     fn broadcast_f32(&self, what: &'static str, root: usize, v: &mut [f32]) -> Result<()> {
-        let all = self.round(what, Payload::F32(v.to_vec()), 4 * v.len() as u64)?;
+        // as MPI counts it: the root hands its values in, the others receive
+        let bytes = if root == self.rank { 4 * v.len() as u64 } else { 0 };
+        let all = self.round(what, Op::Broadcast, Payload::F32(v.to_vec()), bytes)?;
         let theirs = f32s(
             all.into_iter()
                 .nth(root)
@@ -146,7 +148,8 @@ impl Collective for Team {
     }
 
     fn broadcast_bytes(&self, what: &'static str, root: usize, v: &mut Vec<u8>) -> Result<()> {
-        let all = self.round(what, Payload::Bytes(v.clone()), v.len() as u64)?;
+        let bytes = if root == self.rank { v.len() as u64 } else { 0 };
+        let all = self.round(what, Op::Broadcast, Payload::Bytes(v.clone()), bytes)?;
         if let Some(Payload::Bytes(theirs)) = all.into_iter().nth(root) {
             *v = theirs;
         }
@@ -155,7 +158,12 @@ impl Collective for Team {
 
     fn gather_f32(&self, what: &'static str, local: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
         let all: Vec<Vec<f32>> = self
-            .round(what, Payload::F32(local.to_vec()), 4 * local.len() as u64)?
+            .round(
+                what,
+                Op::AllGather,
+                Payload::F32(local.to_vec()),
+                4 * local.len() as u64,
+            )?
             .into_iter()
             .map(f32s)
             .collect();
@@ -180,7 +188,7 @@ impl Collective for Team {
         // each rank leaves everything it sends, with its counts; each takes its own piece of
         // every rank's
         let mine = Payload::Pieces(send_counts.to_vec(), send.to_vec());
-        let all = self.round(what, mine, 4 * send.len() as u64)?;
+        let all = self.round(what, Op::AllToAll, mine, 4 * send.len() as u64)?;
         let mut out = Vec::with_capacity(recv_counts.iter().sum());
         for (from, theirs) in all.into_iter().enumerate() {
             let Payload::Pieces(counts, data) = theirs else {

@@ -691,6 +691,7 @@ fn summarize<B: Backend>(
                 .iter()
                 .map(|(what, f)| {
                     let flow = FlowPerStep {
+                        collective: f.op,
                         calls: f.calls as f64 / per,
                         bytes: f.bytes as f64 / per,
                         ms: 1e3 * f.seconds / per,

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::run::RunConfig;
 use crate::curvature::{CurvatureKind, PreconditionerKind};
+use crate::dist::Op;
 use crate::model::{FisherKind, Mlp};
 
 /// The final figures of a run (the command-line contract's `summary.json`).
@@ -48,6 +49,8 @@ pub struct Summary {
 /// One kind of collective call, per step.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct FlowPerStep {
+    /// the collective operation: `all-reduce`, `broadcast`, `all-gather` or `all-to-all`
+    pub collective: Option<Op>,
     pub calls: f64,
     /// bytes this rank handed in (an all-reduce's network traffic is about twice that)
     pub bytes: f64,
