@@ -208,10 +208,12 @@ fn output_seeds(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 }
 
 // Per-workgroup sums of the negative log-likelihood and of correct predictions over `rows`
-// examples: partial[2·wg] and partial[2·wg + 1].
+// examples: partial[2·g] and partial[2·g + 1] of workgroup g (numbered across a 2-D grid).
 @compute @workgroup_size(WG)
 fn batch_loss(ids: Ids) {
-    let e = ids.wg.x * WG + ids.lid;
+    // a batch of more than 65535 workgroups comes as a 2-D grid
+    let group = ids.wg.x + ids.wg.y * ids.nwg.x;
+    let e = group * WG + ids.lid;
     var nll = 0.0;
     var correct = 0.0;
     if e < params.rows {
@@ -246,9 +248,10 @@ fn batch_loss(ids: Ids) {
         }
     }
     let sums = workgroup_sum4(vec4<f32>(nll, correct, 0.0, 0.0), ids);
-    if ids.lid == 0u {
-        partial[2u * ids.wg.x] = sums.x;
-        partial[2u * ids.wg.x + 1u] = sums.y;
+    // the grid's last row may run past the batch's workgroups: those have no slot
+    if ids.lid == 0u && 2u * group < arrayLength(&partial) {
+        partial[2u * group] = sums.x;
+        partial[2u * group + 1u] = sums.y;
     }
 }
 

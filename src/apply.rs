@@ -10,9 +10,10 @@ use crate::model::{FisherKind, SampleKey};
 use crate::train::{EVAL_BATCH, Evaluation, evaluate};
 
 /// The data at `source` (a built-in name or a CSV path) as the checkpoint's model sees it: its
-/// feature count and labels checked, its standardisation applied.
-pub fn load_for(checkpoint: &Checkpoint, source: &str, seed: u64) -> Result<Dataset> {
-    let (name, table) = data::load_table(source, seed)?;
+/// feature count and labels checked, its standardisation applied; a seeded built-in dataset is
+/// generated with the seed of the run that trained it.
+pub fn load_for(checkpoint: &Checkpoint, source: &str) -> Result<Dataset> {
+    let (name, table) = data::load_table(source, checkpoint.seed.unwrap_or(0))?;
     let mut data = Dataset::for_model(&name, table, &checkpoint.task, checkpoint.mlp.inputs())?;
     if let Some(s) = &checkpoint.standardizer {
         s.apply(&mut data);

@@ -111,3 +111,21 @@ pub fn check_finite(what: &'static str, cols: usize, data: &[f32]) -> Result<()>
         }),
     }
 }
+
+/// The duration in the environment variable `name`: a positive number of seconds below 10⁹ (what
+/// a `Duration` and a wait can hold), or `default` when it is unset.
+pub fn seconds_from_env(name: &'static str, default: Duration) -> Result<Duration> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| Error::InvalidArgument {
+                name,
+                reason: format!("{text:?} is not a positive number of seconds below 10^9"),
+            }),
+    }
+}

@@ -25,6 +25,10 @@
 //!
 //! [`train::run`] does the same over epochs and writes a run directory, as `natgrad train` does.
 
+// Bad input and device faults are errors, never panics: the library and the command line take
+// no unwrap, expect or panic outside tests (clippy enforces it; tests may).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod backend;
 pub mod cpu;
 pub mod curvature;

@@ -1,6 +1,10 @@
 //! The `natgrad` command line: parse, dispatch to [`cli::commands`], and turn errors into one line
 //! and a non-zero exit.
 
+// Bad input and device faults are errors, never panics: the library and the command line take
+// no unwrap, expect or panic outside tests (clippy enforces it; tests may).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 mod cli;
 
 use std::process::ExitCode;

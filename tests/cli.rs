@@ -392,13 +392,16 @@ fn runs_that_cannot_train_are_refused_with_one_line() {
         assert!(lines.len() == 1 && lines[0].contains(says), "{args:?}: {err}");
         assert!(!std::path::Path::new(out).exists(), "{args:?} wrote {out}");
     }
-    let (code, _, err) = natgrad_env(
-        &["train", "--device", "gpu", "--steps", "1", "--out", out],
-        &[("NATGRAD_GPU_TIMEOUT_S", "abc")],
-        &[],
-    );
-    assert_eq!(code, Some(1), "{err}");
-    assert!(error_lines(&err)[0].contains("NATGRAD_GPU_TIMEOUT_S"), "{err}");
+    // not a number, and one beyond what a wait can hold (Duration would panic on it)
+    for timeout in ["abc", "1e20"] {
+        let (code, _, err) = natgrad_env(
+            &["train", "--device", "gpu", "--steps", "1", "--out", out],
+            &[("NATGRAD_GPU_TIMEOUT_S", timeout)],
+            &[],
+        );
+        assert_eq!(code, Some(1), "{err}");
+        assert!(error_lines(&err)[0].contains("NATGRAD_GPU_TIMEOUT_S"), "{err}");
+    }
 }
 
 /// Without XDG_RUNTIME_DIR, looking for a GPU prints nothing natgrad did not write.

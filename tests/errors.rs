@@ -227,3 +227,47 @@ fn batches_of_another_model_and_zero_draws_are_refused() {
     mismatched_models(&Cpu::new());
     mismatched_models(&common::gpu());
 }
+
+/// A device lost mid-run (here destroyed, as a driver reset or an unplugged GPU would lose it)
+/// makes every later step, evaluation and read-back an error, never a panic.
+#[test]
+fn a_lost_device_is_an_error_at_the_next_step_for_every_optimizer() {
+    use natgrad::curvature::{CurvatureChoice, CurvatureKind};
+    use natgrad::model::{Activation, Mlp, MlpSpec};
+    use natgrad::{OptimConfig, OptimizerKind, Trainer, data};
+    let digits = data::load("digits", Default::default(), 0).unwrap();
+    let mlp = Mlp::new(MlpSpec {
+        inputs: digits.d,
+        hidden: vec![7],
+        activation: Activation::Tanh,
+        likelihood: digits.likelihood(1.0),
+    })
+    .unwrap();
+    let mut configs: Vec<OptimConfig> = CurvatureKind::ALL
+        .iter()
+        .map(|&k| {
+            let mut c = OptimConfig::default();
+            c.ngd.curvature = CurvatureChoice::Kind(k);
+            c
+        })
+        .collect();
+    for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+        configs.push(OptimConfig {
+            kind,
+            ..OptimConfig::default()
+        });
+    }
+    let (x, y) = digits.gather(&(0..37).collect::<Vec<_>>());
+    for config in configs {
+        let gpu = common::gpu();
+        let mut trainer = Trainer::new(&gpu, mlp.clone(), &mlp.init(0), config, 37, 0).unwrap();
+        trainer.step(&x, &y).unwrap();
+        gpu.context().device.destroy();
+        let e = trainer
+            .step(&x, &y)
+            .expect_err("a step on a destroyed device succeeded");
+        assert!(e.to_string().contains("lost"), "{config:?}: {e}");
+        assert!(trainer.evaluate(&digits).is_err(), "{config:?}: evaluated");
+        assert!(trainer.parameters().is_err(), "{config:?}: read back");
+    }
+}

@@ -398,3 +398,35 @@ fn the_gradient_of_a_long_batch_matches_f64() {
         assert!(err < 1e-4, "{name}: {err:.2e}");
     }
 }
+
+/// A batch of more workgroups than one grid dimension holds (65535 × 256 examples) has its loss
+/// summed over the 2-D grid it is folded into: every example once, none written past the sums.
+#[test]
+fn a_batch_past_one_grid_dimension_has_the_cpus_loss() {
+    let mlp = Mlp::new(MlpSpec {
+        inputs: 1,
+        hidden: vec![],
+        activation: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+    })
+    .unwrap();
+    let n = 65535 * 256 + 1001;
+    let mut r = rng(11);
+    let xs = normal(&mut r, n);
+    let ys: Vec<f32> = xs.iter().map(|&x| if x > 0.3 { 1.0 } else { 0.0 }).collect();
+    let theta = [1.5f32, -0.2];
+    fn loss_on<B: Backend>(b: &B, mlp: &Mlp, theta: &[f32], xs: &[f32], ys: &[f32]) -> (f64, f64) {
+        let mut batch = b.upload_batch(mlp, xs, ys).unwrap();
+        let theta = b.upload_vector("θ", theta).unwrap();
+        b.forward(mlp, &theta, &mut batch).unwrap();
+        let l = b.batch_loss(mlp, &batch).unwrap();
+        (l.loss, l.accuracy)
+    }
+    let (cpu_loss, cpu_acc) = loss_on(&Cpu::new(), &mlp, &theta, &xs, &ys);
+    let (gpu_loss, gpu_acc) = loss_on(&common::gpu(), &mlp, &theta, &xs, &ys);
+    assert!(
+        (gpu_loss - cpu_loss).abs() <= 1e-5 * cpu_loss,
+        "GPU {gpu_loss} vs CPU {cpu_loss}"
+    );
+    assert!((gpu_acc - cpu_acc).abs() <= 1e-6, "GPU {gpu_acc} vs CPU {cpu_acc}");
+}

@@ -330,9 +330,12 @@ fn eval_of_the_checkpoint_reproduces_the_final_loss() {
     let mut cfg = run_config("spirals", OptimizerKind::Ngd, 1.0, dir.path());
     cfg.standardize = true;
     cfg.epochs = 5;
+    // spirals are drawn from the seed: eval must draw them from the run's, kept in the checkpoint
+    cfg.seed = 3;
     let summary = train_on_cpu(&cfg);
     let checkpoint = Checkpoint::load(&dir.path().join("model.safetensors")).unwrap();
-    let data = apply::load_for(&checkpoint, "spirals", cfg.seed).unwrap();
+    assert_eq!(checkpoint.seed, Some(3));
+    let data = apply::load_for(&checkpoint, "spirals").unwrap();
     let e = apply::eval(&Cpu::new(), &checkpoint, &data).unwrap();
     let trained = summary["train_loss"].as_f64().unwrap();
     assert!(

@@ -80,7 +80,7 @@ pub fn banner(
 
 pub fn eval(model: &std::path::Path, data: &DataArgs, json: bool, device: &DeviceArgs) -> Result<()> {
     let checkpoint = Checkpoint::load(model)?;
-    let data = apply::load_for(&checkpoint, &data.source(None)?, 0)?;
+    let data = apply::load_for(&checkpoint, &data.source(None)?)?;
     let b = open(device)?;
     let e = with_backend!(&b, b => apply::eval(b, &checkpoint, &data))?;
     if json {
@@ -108,7 +108,7 @@ pub struct FisherArgs<'a> {
 
 pub fn fisher(a: FisherArgs) -> Result<()> {
     let checkpoint = Checkpoint::load(a.model)?;
-    let data = apply::load_for(&checkpoint, &a.data.source(None)?, a.seed)?;
+    let data = apply::load_for(&checkpoint, &a.data.source(None)?)?;
     let kind = fisher_kind(a.fisher, a.draws)?;
     let b = open(a.device)?;
     let f = with_backend!(&b, b => apply::fisher(b, &checkpoint, &data, kind, a.seed))?;

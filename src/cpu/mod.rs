@@ -64,9 +64,36 @@ impl CpuMatrix {
 #[derive(Clone, Debug, Default)]
 pub struct Cpu;
 
+/// Allocations from this size up are first held against the memory available: asking the
+/// allocator for more than the machine has aborts the process (or wakes the OOM killer later).
+const CHECKED_ALLOCATION_BYTES: u64 = 64 << 20;
+
 impl Cpu {
     pub fn new() -> Self {
         Self
+    }
+
+    /// `len` zeros for the buffer `what` (of `shape`), or the error that it does not fit.
+    fn zeros(&self, what: &'static str, len: usize, shape: impl Fn() -> String) -> Result<Vec<f32>> {
+        let bytes = (len as u64).saturating_mul(4);
+        let too_large = |limit| Error::TooLarge {
+            buffer: what,
+            shape: shape(),
+            bytes,
+            limit_name: "available memory",
+            limit,
+        };
+        if bytes >= CHECKED_ALLOCATION_BYTES
+            && let Some(available) = self.memory_available()
+            && bytes > available
+        {
+            return Err(too_large(available));
+        }
+        // zeroed by the allocator (fresh pages cost nothing to zero), as vec![0.0; len] is, but
+        // a refusal is an error rather than an abort
+        bytemuck::allocation::try_zeroed_slice_box(len)
+            .map(Vec::from)
+            .map_err(|()| too_large(self.memory_available().unwrap_or(0)))
     }
 }
 
@@ -132,7 +159,7 @@ impl Buffers for Cpu {
         Ok(CpuMatrix {
             rows,
             cols,
-            data: vec![0.0; len],
+            data: self.zeros(what, len, || format!("{rows}×{cols} f32"))?,
             layout: Layout::General,
         })
     }
@@ -141,7 +168,7 @@ impl Buffers for Cpu {
         if len == 0 {
             return Err(Error::Empty(what));
         }
-        Ok(vec![0.0; len])
+        self.zeros(what, len, || format!("{len} f32"))
     }
 
     fn download_matrices_later(&self, ms: &[&CpuMatrix]) -> Result<Vec<Vec<f32>>> {

@@ -75,7 +75,11 @@ impl Shape {
     /// Bytes of the largest chunk of G's rows one device buffer of `max_buffer` bytes holds.
     pub(crate) fn g_chunk_bytes(&self, limits: &Limits) -> u64 {
         let row = self.g_row_bytes();
-        (limits.max_buffer / row).clamp(1, (self.m as u64).max(1)) * row
+        match super::scores::rows_per_chunk(limits.max_buffer, self.p) {
+            // the smallest chunk, over the limit: the plan refuses it
+            0 => super::scores::MIN_CHUNK_ROWS as u64 * row,
+            fit => fit.min(self.m.max(1)) as u64 * row,
+        }
     }
 
     /// One chunk of G, as a need.

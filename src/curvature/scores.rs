@@ -8,23 +8,33 @@ use crate::backend::{Backend, Phase};
 use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp, SampleKey};
 
+/// The fewest rows of G [`rows_per_chunk`] asks a matrix to hold (4, and 4 more of margin).
+pub const MIN_CHUNK_ROWS: usize = 8;
+
 /// Rows of G per chunk for p parameters: as many as one device matrix holds, at most `total`,
 /// and at most 65535 (one GPU dispatch dimension).
 pub fn chunk_rows<B: Backend>(b: &B, p: usize, total: usize) -> Result<usize> {
-    // a GPU matrix pads its rows to whole vec4s and its row count to a multiple of 4
-    let row_bytes = 4 * p.next_multiple_of(4) as u64;
-    let fit = ((b.max_matrix_bytes() / row_bytes) as usize).saturating_sub(4) / 4 * 4;
-    let fit = fit.min(65532);
+    let fit = rows_per_chunk(b.max_matrix_bytes(), p);
     if fit == 0 {
         return Err(Error::TooLarge {
-            buffer: "one row of the score matrix G",
-            shape: format!("1×{p} f32"),
-            bytes: 4 * p as u64,
+            buffer: "the fewest rows of the score matrix G a chunk holds",
+            shape: format!("{MIN_CHUNK_ROWS}×{p} f32"),
+            bytes: MIN_CHUNK_ROWS as u64 * 4 * p.next_multiple_of(4) as u64,
             limit_name: "largest matrix the device holds",
             limit: b.max_matrix_bytes(),
         });
     }
     Ok(fit.min(total))
+}
+
+/// Rows of G for p parameters one matrix of `max_bytes` holds, a multiple of 4 up to 65532; 0
+/// when not even 4 rows fit. The memory plan sizes G's chunk by this rule too, so what it
+/// accepts is what [`chunk_rows`] then makes.
+pub fn rows_per_chunk(max_bytes: u64, p: usize) -> usize {
+    // a GPU matrix pads its rows to whole vec4s and its row count to a multiple of 4
+    let row_bytes = 4 * p.next_multiple_of(4) as u64;
+    let fit = ((max_bytes / row_bytes) as usize).saturating_sub(4) / 4 * 4;
+    fit.min(65532)
 }
 
 /// The row ranges of G's chunks of `chunk` rows, for `total` rows.

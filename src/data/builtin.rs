@@ -1,8 +1,8 @@
 //! Datasets by name: `digits` (shipped with natgrad), and the seeded generators `spirals` and
 //! `blobs`.
 
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal, Uniform};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
 
 use super::{Dataset, Task, TaskChoice, csv};
 use crate::error::Result;
@@ -29,17 +29,21 @@ pub fn digits() -> Result<Dataset> {
     Dataset::from_table("digits", csv::parse("digits", DIGITS)?, TaskChoice::Classify)
 }
 
+/// A standard normal draw (σ·z is then N(0, σ²), the draw `Normal::new(0, σ)` makes).
+fn normal(rng: &mut impl Rng) -> f64 {
+    StandardNormal.sample(rng)
+}
+
 /// `arms` interleaved spirals in the plane, `per_arm` points each, with angular noise: a
 /// classification no linear model can do.
 pub fn spirals(arms: usize, per_arm: usize, seed: u64) -> Dataset {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let noise = Normal::new(0.0, 0.2).expect("a valid normal");
     let mut x = Vec::with_capacity(2 * arms * per_arm);
     let mut y = Vec::with_capacity(arms * per_arm);
     for arm in 0..arms {
         for i in 0..per_arm {
             let r = i as f64 / per_arm as f64;
-            let angle = arm as f64 * std::f64::consts::TAU / arms as f64 + 4.0 * r + noise.sample(&mut rng);
+            let angle = arm as f64 * std::f64::consts::TAU / arms as f64 + 4.0 * r + 0.2 * normal(&mut rng);
             x.extend([(r * angle.sin()) as f32, (r * angle.cos()) as f32]);
             y.push(arm as f32);
         }
@@ -60,18 +64,16 @@ pub fn spirals(arms: usize, per_arm: usize, seed: u64) -> Dataset {
 /// points each; they overlap a little, so the optimum is finite.
 pub fn blobs(centers: usize, per_blob: usize, seed: u64) -> Dataset {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let place = Uniform::new(-5.0f64, 5.0).expect("a valid range");
-    let spread = Normal::new(0.0, 1.0).expect("a valid normal");
     let centres: Vec<[f64; 2]> = (0..centers)
-        .map(|_| [place.sample(&mut rng), place.sample(&mut rng)])
+        .map(|_| [rng.random_range(-5.0..5.0), rng.random_range(-5.0..5.0)])
         .collect();
     let mut x = Vec::with_capacity(2 * centers * per_blob);
     let mut y = Vec::with_capacity(centers * per_blob);
     for (c, centre) in centres.iter().enumerate() {
         for _ in 0..per_blob {
             x.extend([
-                (centre[0] + spread.sample(&mut rng)) as f32,
-                (centre[1] + spread.sample(&mut rng)) as f32,
+                (centre[0] + normal(&mut rng)) as f32,
+                (centre[1] + normal(&mut rng)) as f32,
             ]);
             y.push(c as f32);
         }

@@ -297,7 +297,10 @@ impl Standardizer {
         // a constant feature keeps its scale: dividing by 0 would make it NaN
         let std = sq
             .iter()
-            .map(|v| if *v > 0.0 { v.sqrt() as f32 } else { 1.0 })
+            .map(|v| match v.sqrt() as f32 {
+                s if s > 0.0 => s,
+                _ => 1.0,
+            })
             .collect();
         Ok(Self {
             mean: mean.iter().map(|&m| m as f32).collect(),
@@ -354,8 +357,21 @@ pub fn load_table(source: &str, seed: u64) -> Result<(String, csv::Table)> {
 
 /// A dataset by built-in name or CSV path: `digits`, `spirals`, `blobs`, or a file.
 pub fn load(source: &str, choice: TaskChoice, seed: u64) -> Result<Dataset> {
-    match builtin::by_name(source, seed) {
+    match builtin(source, choice, seed) {
         Some(data) => data,
         None => Dataset::from_csv(Path::new(source), choice),
     }
+}
+
+/// The built-in dataset named `source`, if it is one, for a run that asked for `choice`: they
+/// are all classification, and `--task regress` on one is refused rather than ignored.
+pub fn builtin(source: &str, choice: TaskChoice, seed: u64) -> Option<Result<Dataset>> {
+    let data = builtin::by_name(source, seed)?;
+    Some(match choice {
+        TaskChoice::Regress => Err(Error::InvalidArgument {
+            name: "--task",
+            reason: format!("{source} is a classification dataset: --task regress is for CSV files"),
+        }),
+        _ => data,
+    })
 }

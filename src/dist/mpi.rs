@@ -32,19 +32,7 @@ const NOTE: usize = 96;
 
 /// The bound on a wait: `NATGRAD_MPI_TIMEOUT_S`, a positive number of seconds.
 fn timeout() -> Result<Duration> {
-    match std::env::var("NATGRAD_MPI_TIMEOUT_S") {
-        Err(_) => Ok(Duration::from_secs_f64(DEFAULT_TIMEOUT_S)),
-        Ok(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "NATGRAD_MPI_TIMEOUT_S",
-                reason: format!("{s:?} is not a positive number of seconds"),
-            }),
-    }
+    crate::error::seconds_from_env("NATGRAD_MPI_TIMEOUT_S", Duration::from_secs_f64(DEFAULT_TIMEOUT_S))
 }
 
 /// Starts the non-blocking collective `$start` (in `$scope`), waits for it within the bound, and

@@ -76,7 +76,7 @@ impl Blas2Kernels {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
     ) -> Result<()> {
-        let uniform = ctx.uniform(&params);
+        let uniform = ctx.uniform(&params)?;
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
         let group = kernel::bind_some(ctx, pipeline, "blas2", &entries);

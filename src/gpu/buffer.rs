@@ -5,7 +5,7 @@
 //! 4 and `rows` rounded up to 4, the padding zero; a vector of `len` is stored as `len` rounded
 //! up to 4, the padding zero. Kernels then load whole vec4s and handle no tails.
 
-use super::context::GpuContext;
+use super::context::{GpuContext, one_line};
 use super::engine::{self, Pool};
 use crate::error::{Error, Result};
 
@@ -170,13 +170,13 @@ impl GpuContext {
         let m = self.zeros_matrix(what, rows, cols)?;
         let ld = m.ld();
         if ld == cols {
-            self.write(&m.buffer, 0, bytemuck::cast_slice(data));
+            self.write(&m.buffer, 0, bytemuck::cast_slice(data))?;
         } else {
             let mut staged = vec![0.0f32; rows * ld];
             for (dst, src) in staged.chunks_exact_mut(ld).zip(data.chunks_exact(cols)) {
                 dst[..cols].copy_from_slice(src);
             }
-            self.write(&m.buffer, 0, bytemuck::cast_slice(&staged));
+            self.write(&m.buffer, 0, bytemuck::cast_slice(&staged))?;
         }
         Ok(m)
     }
@@ -198,18 +198,33 @@ impl GpuContext {
     /// Uploads `data` (already checked).
     pub fn upload_vector(&self, what: &'static str, data: &[f32]) -> Result<GpuVector> {
         let v = self.zeros_vector(what, data.len())?;
-        self.write(&v.buffer, 0, bytemuck::cast_slice(data));
+        self.write(&v.buffer, 0, bytemuck::cast_slice(data))?;
         Ok(v)
     }
 
     /// Records a copy of `data` into `buffer` at `offset`, in order with the recorded work.
-    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
-        self.engine.write(&self.device, buffer, offset, data)
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
+        self.engine
+            .write(&self.device, buffer, offset, data)
+            .map_err(|e| self.mapping_failed("an upload's staging buffer", e))
     }
 
     /// A uniform buffer holding `value` (one per distinct value, cached).
-    pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.engine.uniform(&self.device, bytemuck::bytes_of(value))
+    pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> Result<wgpu::Buffer> {
+        self.engine
+            .uniform(&self.device, bytemuck::bytes_of(value))
+            .map_err(|e| self.mapping_failed("a uniform buffer", e))
+    }
+
+    /// A new buffer that could not be mapped: the device's own fault (lost, out of memory) when
+    /// it reported one, which says more than the mapping's failure.
+    fn mapping_failed(&self, what: &str, e: wgpu::MapRangeError) -> Error {
+        // a lost device's callback runs when the device is next polled
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        match self.check_fault() {
+            Err(fault) => fault,
+            Ok(()) => Error::Gpu(format!("filling {what}: {}", one_line(&e.to_string()))),
+        }
     }
 
     /// Copies `size` bytes at `offset` of `buffer` back to the host after all recorded work,

@@ -165,13 +165,13 @@ impl CgKernels {
             tol2: params.rel_tol * params.rel_tol,
             max_iters: params.max_iters as u32,
             vec_groups,
-        });
+        })?;
         let mv_params = ctx.uniform(&linalg::Params {
             n4,
             ld4: a.ld4(),
             alpha: damping,
             count: 0,
-        });
+        })?;
         let mv_s = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &s, &q, &partial);
         let mv_d = LinalgKernels::matvec_group(&self.matvec, ctx, &mv_params, a, &d.buffer, &q, &partial);
         // parity k: iteration k reads states[k], writes states[k ^ 1] and the next sizes args[k ^ 1]

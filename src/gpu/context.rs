@@ -20,19 +20,7 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
 /// `NATGRAD_GPU_TIMEOUT_S` (a slow software adapter on a large problem), which must then be a
 /// positive number of seconds.
 pub fn default_timeout() -> Result<Duration> {
-    match std::env::var("NATGRAD_GPU_TIMEOUT_S") {
-        Err(_) => Ok(Duration::from_secs(120)),
-        Ok(text) => text
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "NATGRAD_GPU_TIMEOUT_S",
-                reason: format!("{text:?} is not a positive number of seconds"),
-            }),
-    }
+    crate::error::seconds_from_env("NATGRAD_GPU_TIMEOUT_S", Duration::from_secs(120))
 }
 
 /// A wgpu instance over Vulkan, Metal and DX12, or the backends `WGPU_BACKEND` names.
@@ -267,7 +255,7 @@ fn record_fault(slot: &Mutex<Option<Error>>, e: Error) {
 }
 
 /// wgpu's messages span several lines; the library's errors are one line each: join them.
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -279,9 +267,15 @@ fn one_line(s: &str) -> String {
 pub fn no_adapter(all: &[wgpu::Adapter], filter: Option<&str>) -> Error {
     let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
     let seen = if names.is_empty() {
-        " (wgpu sees no adapters: install a Vulkan, Metal or DX12 driver; in CI, Mesa's lavapipe: \
-         apt-get install mesa-vulkan-drivers libvulkan1)"
-            .to_string()
+        match std::env::var("WGPU_BACKEND") {
+            // the backends asked for may be the reason: say which were
+            Ok(asked) => {
+                format!(" (wgpu sees no adapters of WGPU_BACKEND={asked:?}; wgpu knows vulkan, metal, dx12 and gl)")
+            }
+            Err(_) => " (wgpu sees no adapters: install a Vulkan, Metal or DX12 driver; in CI, Mesa's lavapipe: \
+                 apt-get install mesa-vulkan-drivers libvulkan1)"
+                .to_string(),
+        }
     } else {
         format!("; available: {}", names.join(", "))
     };

@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use wgpu::util::DeviceExt;
-
 /// Past this many entries a cache is emptied and starts again: a run uses a few hundred distinct
 /// uniforms and bind groups per step shape, and the cache must not keep dead buffers alive.
 const CACHE_CAPACITY: usize = 4096;
@@ -157,36 +155,35 @@ impl Engine {
 
     /// Records a copy of `data` into `buffer` at `offset`, ordered after everything recorded
     /// before it (unlike `Queue::write_buffer`, which lands before the whole next submission).
-    pub fn write(&self, device: &wgpu::Device, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
+    pub fn write(
+        &self,
+        device: &wgpu::Device,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), wgpu::MapRangeError> {
         if data.is_empty() {
-            return;
+            return Ok(());
         }
-        let staging = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("upload"),
-            contents: data,
-            usage: wgpu::BufferUsages::COPY_SRC,
-        });
+        let staging = buffer_holding(device, "upload", data, wgpu::BufferUsages::COPY_SRC)?;
         self.record(device, |e| {
             e.copy_buffer_to_buffer(&staging, 0, buffer, offset, data.len() as u64)
         });
+        Ok(())
     }
 
     /// A uniform buffer holding `bytes`, made once per distinct content.
-    pub fn uniform(&self, device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
+    pub fn uniform(&self, device: &wgpu::Device, bytes: &[u8]) -> Result<wgpu::Buffer, wgpu::MapRangeError> {
         let mut cache = lock(&self.uniforms);
         if let Some(b) = cache.get(bytes) {
-            return b.clone();
+            return Ok(b.clone());
         }
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
-        let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let buffer = buffer_holding(device, "params", bytes, wgpu::BufferUsages::UNIFORM)?;
         cache.insert(bytes.into(), buffer.clone());
-        buffer
+        Ok(buffer)
     }
 
     /// The bind group of `pipeline`'s group 0 (or of `layout`, when the pipeline has an explicit
@@ -336,4 +333,29 @@ pub fn give_back(pool: &Pool, buffer: wgpu::Buffer) {
         free.bytes += size;
         free.buffers.entry((size, buffer.usage())).or_default().push(buffer);
     }
+}
+
+/// A new buffer holding `contents`: `DeviceExt::create_buffer_init` without its panic. On a lost
+/// device the buffer is born invalid and mapping it fails; that is the caller's error to report.
+fn buffer_holding(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer, wgpu::MapRangeError> {
+    // a mapped buffer's size is a multiple of COPY_BUFFER_ALIGNMENT and above 0
+    let align = wgpu::COPY_BUFFER_ALIGNMENT;
+    let size = (contents.len() as u64).div_ceil(align).max(1) * align;
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: true,
+    });
+    buffer
+        .get_mapped_range_mut(..)?
+        .slice(..contents.len())
+        .copy_from_slice(contents);
+    buffer.unmap();
+    Ok(buffer)
 }

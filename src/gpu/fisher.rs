@@ -119,7 +119,7 @@ impl FisherKernel {
                 row0: row0 as u32,
                 pad: 0,
             };
-            let uniform = ctx.uniform(&params);
+            let uniform = ctx.uniform(&params)?;
             let group = kernel::bind(ctx, &self.pipeline, "fisher", &[&uniform, &g.buffer, &f.buffer]);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(tiles as u32, tiles as u32, 1);

@@ -94,7 +94,7 @@ impl LinalgKernels {
             ld4: a.ld4(),
             alpha: damping,
             count: 0,
-        });
+        })?;
         let partials = ctx.storage_buffer(
             "matvec partial sums",
             "scratch",
@@ -138,7 +138,7 @@ impl LinalgKernels {
             ld4: 0,
             alpha: 0.0,
             count: groups,
-        });
+        })?;
         let mut entries = vec![(0, &params), (2, &x.buffer), (5, &y.buffer), (4, &partial)];
         let first_pipeline = match weights {
             Some(w) => {
@@ -176,7 +176,7 @@ impl LinalgKernels {
             ld4: a.ld4(),
             alpha: 0.0,
             count: d.len as u32,
-        });
+        })?;
         let group = kernel::bind_some(
             ctx,
             &self.add_diagonal,
@@ -208,7 +208,7 @@ impl LinalgKernels {
             ld4: 0,
             alpha: coefficient,
             count: 0,
-        });
+        })?;
         let group = kernel::bind_some(ctx, pipeline, "axpy", &[(0, &params), (2, &x.buffer), (3, &y.buffer)]);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(pipeline);

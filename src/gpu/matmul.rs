@@ -178,6 +178,24 @@ impl MatmulKernel {
             _ => (&self.pipeline, self.tile),
         };
         let (gx, gy) = (n.div_ceil(tile.1), m.div_ceil(tile.0));
+        let block = MAX_GROUPS as usize * tile.0;
+        if gy > MAX_GROUPS as usize && !symmetric {
+            // more rows (a batch's examples) than one dispatch's grid covers: blocks of rows,
+            // each an ordinary product on its rows of A and C
+            for r0 in (0..m).step_by(block) {
+                let rows = block.min(m - r0);
+                let a = View {
+                    offset: a.offset + r0 * a.row_stride,
+                    ..a
+                };
+                let c = View {
+                    offset: c.offset + r0 * c.row_stride,
+                    ..c
+                };
+                self.record_with(ctx, pass, (rows, n, k), a, b, c, alpha, beta, false)?;
+            }
+            return Ok(());
+        }
         if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
             return Err(Error::Shape(format!("a {m}×{n} product is beyond the GPU grid")));
         }
@@ -217,7 +235,7 @@ impl MatmulKernel {
         };
         pass.set_pipeline(pipeline);
         if splits == 1 {
-            let uniform = ctx.uniform(&base);
+            let uniform = ctx.uniform(&base)?;
             let group = kernel::bind(ctx, pipeline, "matmul", &[&uniform, a.buffer, b.buffer, c.buffer]);
             pass.set_bind_group(0, &group, &[]);
             ctx.dispatch(pass, (gx as u32, gy as u32, 1))?;
@@ -241,7 +259,7 @@ impl MatmulKernel {
             c_split: to_u32(slice)?,
             ..base
         };
-        let uniform = ctx.uniform(&partial);
+        let uniform = ctx.uniform(&partial)?;
         let group = kernel::bind(ctx, pipeline, "matmul", &[&uniform, a.buffer, b.buffer, &scratch]);
         pass.set_bind_group(0, &group, &[]);
         ctx.dispatch(pass, (gx as u32, gy as u32, to_u32(splits)?))?;
@@ -251,7 +269,7 @@ impl MatmulKernel {
             splits: to_u32(splits)?,
             ..base
         };
-        let uniform = ctx.uniform(&sum);
+        let uniform = ctx.uniform(&sum)?;
         let group = kernel::bind_some(
             ctx,
             &self.reduce,

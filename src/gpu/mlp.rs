@@ -139,7 +139,7 @@ impl MlpKernels {
         let n = mlp.check_batch(x, targets)?;
         let batch_buffer = |what, data: &[f32]| -> Result<wgpu::Buffer> {
             let b = f32_buffer(ctx, what, data.len())?;
-            ctx.write(&b, 0, bytemuck::cast_slice(data));
+            ctx.write(&b, 0, bytemuck::cast_slice(data))?;
             Ok(b)
         };
         let last = mlp.layers().len() - 1;
@@ -186,7 +186,7 @@ impl MlpKernels {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
     ) -> Result<()> {
-        let uniform = ctx.uniform(params);
+        let uniform = ctx.uniform(params)?;
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
         let group = kernel::bind_some(ctx, pipeline, "mlp", &entries);
@@ -277,7 +277,14 @@ impl MlpKernels {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let last = batch.z.len() - 1;
             let buffers = [(1, &batch.z[last]), (4, &batch.targets), (7, &partial)];
-            self.dispatch(ctx, &mut pass, &self.batch_loss, &params, &buffers, (groups, 1))
+            self.dispatch(
+                ctx,
+                &mut pass,
+                &self.batch_loss,
+                &params,
+                &buffers,
+                kernel::grid(groups),
+            )
         })?;
         Ok((partial, 8 * groups as u64))
     }

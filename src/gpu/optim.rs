@@ -47,7 +47,7 @@ impl OptimKernels {
         buffers: &[(u32, &wgpu::Buffer)],
     ) -> Result<()> {
         let groups = vector_groups(params.n4)?;
-        let uniform = ctx.uniform(&params);
+        let uniform = ctx.uniform(&params)?;
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
         let group = kernel::bind_some(ctx, pipeline, "optim", &entries);

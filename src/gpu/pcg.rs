@@ -189,7 +189,7 @@ impl PcgKernels {
             max_iters: params.max_iters as u32,
             progress: progress as f32,
             ..Default::default()
-        });
+        })?;
         let main = kernel::bind_layout(
             ctx,
             &self.init,

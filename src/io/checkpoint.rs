@@ -23,6 +23,9 @@ pub struct Checkpoint {
     pub theta: Vec<f32>,
     pub task: Task,
     pub standardizer: Option<Standardizer>,
+    /// The run's seed, which generates the built-in datasets (spirals, blobs): `natgrad eval`
+    /// regenerates the same data with it. None in checkpoints written before it was kept.
+    pub seed: Option<u64>,
 }
 
 fn spec_json(spec: &MlpSpec) -> Value {
@@ -70,6 +73,9 @@ impl Checkpoint {
         metadata.insert("spec".into(), spec_json(self.mlp.spec()).to_string());
         if let Task::Classify { labels } = &self.task {
             metadata.insert("labels".into(), json!(labels).to_string());
+        }
+        if let Some(seed) = self.seed {
+            metadata.insert("seed".into(), seed.to_string());
         }
         if let Some(s) = &self.standardizer {
             metadata.insert(
@@ -123,7 +129,9 @@ impl Checkpoint {
             .ok_or_else(|| bad("metadata has no valid model spec".into()))?;
         let mlp = Mlp::new(spec)?;
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-        let mut theta = vec![0.0f32; mlp.num_params()];
+        // every tensor's shape is checked before θ is allocated: a spec of absurd widths in a
+        // damaged file is then this error, not an allocation the machine cannot make
+        let mut parts = Vec::with_capacity(2 * mlp.layers().len());
         for (i, layer) in mlp.layers().iter().enumerate() {
             for (name, start, shape) in [
                 (
@@ -141,33 +149,89 @@ impl Checkpoint {
                         t.shape()
                     )));
                 }
-                let len = t.data().len() / 4;
-                bytemuck::cast_slice_mut::<f32, u8>(&mut theta[start..start + len]).copy_from_slice(t.data());
+                parts.push((start, t));
             }
         }
-        let task = match json("labels")? {
-            Some(v) => Task::Classify {
-                labels: serde_json::from_value(v).map_err(|e| bad(format!("metadata \"labels\": {e}")))?,
-            },
-            None => Task::Regress,
+        let mut theta = vec![0.0f32; mlp.num_params()];
+        for (start, t) in parts {
+            let len = t.data().len() / 4;
+            bytemuck::cast_slice_mut::<f32, u8>(&mut theta[start..start + len]).copy_from_slice(t.data());
+        }
+        let task = match (json("labels")?, mlp.likelihood()) {
+            (Some(v), Likelihood::Categorical { .. } | Likelihood::Bernoulli) => {
+                let labels: Vec<f64> =
+                    serde_json::from_value(v).map_err(|e| bad(format!("metadata \"labels\": {e}")))?;
+                check_labels(&labels, mlp.likelihood())
+                    .map_err(|reason| bad(format!("metadata \"labels\": {reason}")))?;
+                Task::Classify { labels }
+            }
+            (None, Likelihood::Gaussian { .. }) => Task::Regress,
+            (Some(_), Likelihood::Gaussian { .. }) => {
+                return Err(bad(
+                    "metadata has class \"labels\" for a Gaussian (regression) model".into()
+                ));
+            }
+            (None, _) => return Err(bad("metadata has no class \"labels\" for a classifier".into())),
         };
         let standardizer = match json("standardize")? {
             Some(v) => {
                 let floats = |key: &str| -> Result<Vec<f32>> {
                     serde_json::from_value(v[key].clone()).map_err(|e| bad(format!("metadata \"standardize\": {e}")))
                 };
-                Some(Standardizer {
-                    mean: floats("mean")?,
-                    std: floats("std")?,
-                })
+                let (mean, std) = (floats("mean")?, floats("std")?);
+                if mean.len() != mlp.inputs() || std.len() != mlp.inputs() {
+                    return Err(bad(format!(
+                        "metadata \"standardize\": {} means and {} deviations for {} inputs",
+                        mean.len(),
+                        std.len(),
+                        mlp.inputs()
+                    )));
+                }
+                if let Some(bad_std) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                    return Err(bad(format!(
+                        "metadata \"standardize\": deviation {bad_std} is not positive"
+                    )));
+                }
+                if mean.iter().any(|m| !m.is_finite()) {
+                    return Err(bad("metadata \"standardize\": a mean is not finite".into()));
+                }
+                Some(Standardizer { mean, std })
             }
             None => None,
         };
+        let seed = metadata
+            .get("seed")
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| bad(format!("metadata \"seed\": {text:?} is not a seed")))
+            })
+            .transpose()?;
         Ok(Self {
             mlp,
             theta,
             task,
             standardizer,
+            seed,
         })
+    }
+}
+
+/// A classifier's labels: one per class, distinct and finite (each output is one label's).
+fn check_labels(labels: &[f64], likelihood: &Likelihood) -> std::result::Result<(), String> {
+    let classes = match likelihood {
+        Likelihood::Categorical { classes } => *classes,
+        _ => 2,
+    };
+    if labels.len() != classes {
+        return Err(format!("{} labels for {classes} classes", labels.len()));
+    }
+    if let Some(l) = labels.iter().find(|l| !l.is_finite()) {
+        return Err(format!("label {l} is not finite"));
+    }
+    let mut sorted = labels.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(format!("label {} appears twice", w[0])),
+        None => Ok(()),
     }
 }

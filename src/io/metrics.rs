@@ -103,11 +103,18 @@ impl MetricsWriter {
                     format!("{} rows, the state needs {rows}", kept.len().saturating_sub(1)),
                 ));
             }
-            let mut w = BufWriter::new(File::create(&path).map_err(|e| super::io_error(&path, e))?);
-            for line in kept {
-                writeln!(w, "{line}").map_err(|e| super::io_error(&path, e))?;
+            // the kept rows replace the file at once (a run killed now keeps its old rows, which
+            // a second resume cuts again), then the new ones are appended
+            if text.lines().count() > kept.len() || !text.ends_with('\n') {
+                let mut kept_text = kept.join("\n");
+                kept_text.push('\n');
+                super::write_atomic(&path, kept_text.as_bytes())?;
             }
-            Ok(w)
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| super::io_error(&path, e))?;
+            Ok(BufWriter::new(file))
         };
         Ok(Self {
             steps: keep("metrics.csv", steps)?,

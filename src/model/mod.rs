@@ -15,9 +15,12 @@ pub use fisher::{FisherKind, SampleKey};
 pub use likelihood::Likelihood;
 
 use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
+
+/// The most parameters a model may have: the GPU kernels index θ with 32-bit offsets.
+pub const MAX_PARAMS: usize = u32::MAX as usize;
 
 /// What network to build.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,20 +89,25 @@ impl Mlp {
         let mut widths = vec![spec.inputs];
         widths.extend(&spec.hidden);
         widths.push(spec.likelihood.outputs());
-        let mut offset = 0;
-        let layers = widths
-            .windows(2)
-            .map(|w| {
-                let layer = Layer {
-                    fan_in: w[0],
-                    fan_out: w[1],
-                    weight: offset,
-                    bias: offset + w[0] * w[1],
-                };
-                offset += layer.len();
-                layer
-            })
-            .collect();
+        // checked: widths from a flag or a checkpoint's metadata must not wrap the layout
+        let mut offset = 0usize;
+        let mut layers = Vec::with_capacity(widths.len() - 1);
+        for w in widths.windows(2) {
+            let bias = w[0].checked_mul(w[1]).and_then(|weights| weights.checked_add(offset));
+            let end = bias.and_then(|b| b.checked_add(w[1])).filter(|&end| end <= MAX_PARAMS);
+            let (Some(bias), Some(end)) = (bias, end) else {
+                return bad(format!(
+                    "widths {widths:?} make more than {MAX_PARAMS} parameters, past what a device can index"
+                ));
+            };
+            layers.push(Layer {
+                fan_in: w[0],
+                fan_out: w[1],
+                weight: offset,
+                bias,
+            });
+            offset = end;
+        }
         Ok(Self { spec, layers })
     }
 
@@ -151,9 +159,9 @@ impl Mlp {
             } else {
                 self.spec.activation.init_std(layer.fan_in, layer.fan_out)
             };
-            let normal = Normal::new(0.0, std).expect("a positive, finite standard deviation");
             for w in &mut theta[layer.weight..layer.bias] {
-                *w = normal.sample(&mut rng) as f32;
+                let z: f64 = StandardNormal.sample(&mut rng);
+                *w = (std * z) as f32;
             }
         }
         theta

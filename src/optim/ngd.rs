@@ -5,7 +5,7 @@
 use super::{Optimizer, StepInput, UpdateInfo, bad, check_lr};
 use crate::backend::{Backend, CgParams, Phase};
 use crate::curvature::{At, Curvature, CurvatureChoice, CurvatureKind, CurvatureSettings};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{FisherKind, Mlp};
 use crate::snapshot::Snapshot;
 
@@ -99,6 +99,19 @@ impl NgdConfig {
             return Err(bad(
                 "--cg-progress",
                 format!("{} is not a non-negative number", self.settings.cg_progress),
+            ));
+        }
+        if let CurvatureChoice::Kind(kind @ (CurvatureKind::Diagonal | CurvatureKind::Woodbury)) = self.curvature
+            && self.damping <= 0.0
+        {
+            // both divide by a diagonal: the Fisher's (0 for a weight of a pixel that is always
+            // 0) or Woodbury's D = λ + wd (0 for every bias); with λ = 0 those steps are 0/0
+            return Err(bad(
+                "--damping",
+                format!(
+                    "--curvature {} divides by a diagonal that is 0 for some parameters without damping: give --damping > 0",
+                    kind.name()
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.warm_start) {
@@ -253,6 +266,12 @@ impl<B: Backend> Optimizer<B> for Ngd<'_, B> {
         let p = b.len(&self.d);
         self.d = b.upload_vector("natural direction d", &snapshot.f32s("optimizer.d", p)?)?;
         self.damping = snapshot.get("optimizer.damping")?;
+        if !(self.damping.is_finite() && self.damping >= 0.0) {
+            return Err(Error::Shape(format!(
+                "training state: optimizer.damping {} is not a non-negative number",
+                self.damping
+            )));
+        }
         self.steps = snapshot.get("optimizer.steps")?;
         self.rebuild = !self.curvature.persists();
         self.curvature.load(b, snapshot)

@@ -283,7 +283,6 @@ impl<'b, B: Backend> Trainer<'b, B> {
             }
             Some(sq)
         };
-        b.copy(&self.theta, &mut self.last_good)?;
         // Martens' curvature mini-batch: the first examples of the batch, their own forward pass
         let curvature_rows = examples.curvature_local;
         b.begin_phase(Phase::Forward);
@@ -342,6 +341,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 kept: None,
             });
         }
+        // θ's loss is finite: these are the parameters kept should the update diverge (recorded
+        // here, the copy still precedes the update on the device)
+        b.copy(input.theta, &mut self.last_good)?;
         input.objective = objective;
         let update = self.optimizer.update(b, &mut input)?;
         self.steps = step;

@@ -140,12 +140,15 @@ pub enum Event<'a> {
     Epoch(&'a EpochRow),
 }
 
-fn checkpoint(prepared: &Prepared, theta: Vec<f32>) -> Checkpoint {
+/// The model at `theta`, with what applying it to raw data needs; `seed` regenerates a seeded
+/// built-in dataset.
+fn checkpoint(prepared: &Prepared, theta: Vec<f32>, seed: u64) -> Checkpoint {
     Checkpoint {
         mlp: prepared.mlp.clone(),
         theta,
         task: prepared.train.task.clone(),
         standardizer: prepared.standardizer.clone(),
+        seed: Some(seed),
     }
 }
 
@@ -273,7 +276,7 @@ fn save_all<B: Backend>(
     progress: &Progress,
 ) -> Result<()> {
     writer.flush()?;
-    checkpoint(prepared, trainer.parameters()?).save(&out.join("model.safetensors"))?;
+    checkpoint(prepared, trainer.parameters()?, cfg.seed).save(&out.join("model.safetensors"))?;
     let mut snapshot = Snapshot::default();
     trainer.save(&mut snapshot)?;
     snapshot.put("run.config", cfg);
@@ -288,6 +291,50 @@ pub fn resume_config(dir: &Path) -> Result<RunConfig> {
     cfg.out = dir.to_path_buf();
     cfg.claim = Claim::Resume;
     Ok(cfg)
+}
+
+/// A saved state's place in the run agrees with its step count and this run's epochs of
+/// `per_epoch` steps: a damaged or edited state is refused, not resumed at a wrong place.
+fn check_progress(progress: &Progress, steps: usize, per_epoch: usize) -> Result<()> {
+    let at = progress
+        .epoch
+        .checked_sub(1)
+        .and_then(|done| done.checked_mul(per_epoch))
+        .and_then(|s| s.checked_add(progress.position));
+    if progress.position < per_epoch && at == Some(steps) {
+        return Ok(());
+    }
+    Err(Error::Shape(format!(
+        "training state: epoch {} batch {} of {per_epoch} is not where {steps} steps lead",
+        progress.epoch, progress.position
+    )))
+}
+
+/// The error of a run that diverged at `at` (what, its value, the step); every rank diverges at
+/// the same step, and the leading one (which holds the writer) keeps the last parameters whose
+/// loss was finite in the checkpoint, or says why it could not.
+fn diverged<B: Backend>(
+    cfg: &RunConfig,
+    prepared: &Prepared,
+    trainer: &Trainer<B>,
+    writer: Option<&mut MetricsWriter>,
+    model_path: &Path,
+    (what, value, step): (&'static str, f64, usize),
+) -> Error {
+    let kept = writer.map(|writer| {
+        writer.flush()?;
+        checkpoint(prepared, trainer.last_good_parameters()?, cfg.seed).save(model_path)?;
+        Ok(model_path.display().to_string())
+    });
+    match kept.transpose() {
+        Ok(kept) => Error::Diverged {
+            what,
+            value,
+            step,
+            kept,
+        },
+        Err(e) => e,
+    }
 }
 
 /// When to save the checkpoint and state between epochs.
@@ -378,11 +425,23 @@ fn run_on<B: Backend>(
     let out = run_dir.as_ref().map_or(cfg.out.as_path(), |d| d.path());
     let model_path = out.join("model.safetensors");
     let per_epoch = epoch_batches.len();
-    let total_steps = cfg.steps.unwrap_or(per_epoch * cfg.epochs);
+    let total_steps = match cfg.steps {
+        Some(steps) => steps,
+        None => per_epoch
+            .checked_mul(cfg.epochs)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "--epochs",
+                reason: format!(
+                    "{} epochs of {per_epoch} steps is more steps than can be counted",
+                    cfg.epochs
+                ),
+            })?,
+    };
     let (mut progress, mut writer) = if cfg.claim == Claim::Resume {
         let snapshot = crew.load_state(out)?;
         trainer.load(&snapshot)?;
         let progress: Progress = snapshot.get("run.progress")?;
+        check_progress(&progress, trainer.steps(), per_epoch)?;
         let writer = leads
             .then(|| MetricsWriter::resume(out, trainer.steps(), progress.epoch - 1))
             .transpose();
@@ -468,21 +527,14 @@ fn run_on<B: Backend>(
             let stats = match taken {
                 Ok(stats) => stats,
                 Err(Error::Diverged { what, value, step, .. }) => {
-                    // every rank diverges at the same step: the leading one keeps the parameters
-                    let kept = match writer.as_mut() {
-                        Some(writer) => {
-                            writer.flush()?;
-                            checkpoint(prepared, trainer.last_good_parameters()?).save(&model_path)?;
-                            Some(model_path.display().to_string())
-                        }
-                        None => None,
-                    };
-                    return Err(Error::Diverged {
-                        what,
-                        value,
-                        step,
-                        kept,
-                    });
+                    return Err(diverged(
+                        cfg,
+                        prepared,
+                        &trainer,
+                        writer.as_mut(),
+                        &model_path,
+                        (what, value, step),
+                    ));
                 }
                 Err(e) => return Err(e),
             };
@@ -559,6 +611,11 @@ fn run_on<B: Backend>(
             }
         }
         let row = epoch_row(&trainer, epoch, progress.wall_s)?;
+        // the last step's update is not followed by a loss that would catch it
+        if !row.train_loss.is_finite() {
+            let at = ("loss", row.train_loss, trainer.steps());
+            return Err(diverged(cfg, prepared, &trainer, writer.as_mut(), &model_path, at));
+        }
         if comm.ranks() > 1 {
             check_in_step(comm, &trainer, epoch)?;
         }

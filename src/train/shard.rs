@@ -175,7 +175,7 @@ pub fn prepare(cfg: &RunConfig, comm: &dyn Collective) -> Result<(Prepared, Layo
 /// whole file; the task decided over every part's labels.
 fn load_part(cfg: &RunConfig, comm: &dyn Collective) -> Result<(Dataset, usize, usize)> {
     let (me, ranks) = (comm.rank(), comm.ranks());
-    if let Some(whole) = data::builtin::by_name(&cfg.data, cfg.seed) {
+    if let Some(whole) = data::builtin(&cfg.data, cfg.task, cfg.seed) {
         // made, not read: every rank makes it and keeps its cut
         let whole = whole?;
         let rows = split::run(whole.n, ranks, me);
