@@ -356,14 +356,14 @@ fn runs_that_cannot_train_are_refused_with_one_line() {
             "line 3: column 2: 1e39 overflows f32",
         ),
         (
-            &["train", "--hidden", "100000,100000", "--device", "cpu"],
+            &["train", "--hidden", "65000,65000", "--device", "cpu"],
             "parameter vectors needs",
         ),
         (
             &[
                 "train",
                 "--hidden",
-                "100000,100000",
+                "65000,65000",
                 "--optimizer",
                 "adam",
                 "--device",
@@ -375,7 +375,7 @@ fn runs_that_cannot_train_are_refused_with_one_line() {
             &[
                 "train",
                 "--hidden",
-                "100000,100000",
+                "65000,65000",
                 "--optimizer",
                 "sgd",
                 "--device",

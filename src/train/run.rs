@@ -301,7 +301,8 @@ fn check_progress(progress: &Progress, steps: usize, per_epoch: usize) -> Result
         .checked_sub(1)
         .and_then(|done| done.checked_mul(per_epoch))
         .and_then(|s| s.checked_add(progress.position));
-    if progress.position < per_epoch && at == Some(steps) {
+    // position == per_epoch: stopped after an epoch's last step, before its end was written
+    if progress.position <= per_epoch && at == Some(steps) {
         return Ok(());
     }
     Err(Error::Shape(format!(
